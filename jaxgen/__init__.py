@@ -1,0 +1,17 @@
+"""jaxgen: classic text-to-image models in JAX/Flax."""
+
+__version__ = "0.1.0"
+
+
+def load(workdir, overrides=None):
+    """Loads a trained workdir; see ``jaxgen.api.load``."""
+    from jaxgen.api import load as _load
+
+    return _load(workdir, overrides)
+
+
+def train(config, workdir):
+    """Trains a config into a workdir; see ``jaxgen.api.train``."""
+    from jaxgen.api import train as _train
+
+    return _train(config, workdir)

@@ -1,0 +1,48 @@
+"""Datasets: embedded (shapes, digits), TFDS, image folders; batching with grain."""
+
+from jaxgen.data.pipeline import DataError, make_batch_iterator
+
+__all__ = ["DataError", "SOURCES", "build_source", "make_batch_iterator"]
+
+SOURCES = ("shapes", "digits", "tfds", "folder")
+
+
+def build_source(data_config, split: str):
+    """A random-access source for ``data_config.name`` and ``split``.
+
+    Args:
+      data_config: ``config.data`` with at least ``name``, ``image_size``, ``max_text_len``;
+        ``tfds`` also needs ``tfds_name`` (and optionally ``data_dir``), ``folder`` needs
+        ``directory``.
+      split: "train", "test" (and "heldout" for shapes).
+    """
+    name = data_config.name
+    size, max_len = int(data_config.image_size), int(data_config.max_text_len)
+    if name == "shapes":
+        from jaxgen.data.shapes import ShapesSource
+
+        return ShapesSource(
+            split=split,
+            image_size=size,
+            seed=int(data_config.get("seed", 0)),
+            max_text_len=max_len,
+        )
+    if name == "digits":
+        from jaxgen.data.digits import DigitsSource
+
+        return DigitsSource(split=split, image_size=size, max_text_len=max_len)
+    if name == "tfds":
+        from jaxgen.data.tfds_source import TfdsSource
+
+        return TfdsSource(
+            data_config.tfds_name,
+            split=split,
+            image_size=size,
+            max_text_len=max_len,
+            data_dir=data_config.get("data_dir") or None,
+        )
+    if name == "folder":
+        from jaxgen.data.folder import ImageFolderSource
+
+        return ImageFolderSource(data_config.directory, image_size=size, max_text_len=max_len)
+    raise ValueError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(SOURCES)}.")

@@ -1,0 +1,121 @@
+"""Command line: ``python -m jaxgen.main --config=experiments/ddpm.py[:arg] [--mode=...]``."""
+
+import sys
+from pathlib import Path
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<experiment>).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "Prompt for --mode=sample (repeatable).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Images per run of --mode=sample.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed for --mode=sample.")
+flags.mark_flags_as_required(["config"])
+
+
+class UsageError(Exception):
+    """A mistake in what the user typed; printed without a traceback."""
+
+
+def _config_error(argv: list[str], error: Exception) -> str:
+    """Explains a bad ``--config.*`` override, naming the valid keys at that level."""
+    import importlib.util
+
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    bad = [a for a in argv if a.startswith("--config.")]
+    if not path or not bad:
+        return str(error)
+    file, _, arg = path.partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_jaxgen_config", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(arg or None)
+    except Exception:  # noqa: BLE001 (the config file itself is broken: report the original)
+        return str(error)
+    for override in bad:
+        key = override[len("--config.") :].split("=", 1)[0]
+        node, walked = config, []
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none)"
+                where = "config." + ".".join(walked) if walked else "config"
+                return f"Unknown config key {key!r}: {where} has no {part!r}. Valid keys: {valid}."
+            node, walked = node[part], [*walked, part]
+    return f"Bad config override: {error}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 (flag errors become one clear line)
+        print(f"error: {_config_error(argv, e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _quiet_library_logs() -> None:
+    """Keeps orbax's per-save INFO chatter out of the console; warnings still show."""
+    import logging as std_logging
+
+    class _Filter(std_logging.Filter):
+        def filter(self, record):
+            return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+    logging.get_absl_handler().addFilter(_Filter())
+
+
+def run(argv) -> None:
+    del argv
+    _quiet_library_logs()
+    from jaxgen import api
+    from jaxgen.training import loop
+
+    config = _CONFIG.value
+    config_path = flags.FLAGS["config"].config_filename
+    workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
+    logging.info("JAX devices: %s (%d process(es))", jax.devices(), jax.process_count())
+    if _MODE.value == "train":
+        results = loop.train_and_evaluate(config, workdir)
+        print(f"Evaluation ({workdir / loop.EVAL_FILE}): {results}")
+        return
+    model = api.load(workdir)
+    if _MODE.value == "sample":
+        from jaxgen.training import images
+
+        prompts = _PROMPT.value or model.pipeline.default_prompts(_NUM_SAMPLES.value)
+        if _PROMPT.value and _NUM_SAMPLES.value > len(prompts):
+            prompts = [prompts[i % len(prompts)] for i in range(_NUM_SAMPLES.value)]
+        imgs = model.generate(prompts, seed=_SEED.value)
+        path = workdir / "samples" / f"sample_step{model.step}_seed{_SEED.value}.png"
+        images.save_png(images.make_grid(imgs), path, scale=2)
+        print(f"Wrote {len(imgs)} samples to {path}")
+        for i, p in enumerate(prompts):
+            print(f"  [{i}] {p}")
+    else:
+        results = model.evaluate()
+        loop.write_eval(workdir, results, model.step)
+        print(f"Evaluation at step {model.step} ({workdir / loop.EVAL_FILE}): {results}")
+
+
+def main(argv) -> None:
+    from jaxgen.data import DataError
+    from jaxgen.data.tokenizer import PromptError
+    from jaxgen.training.checkpoint import NoCheckpointError
+    from jaxgen.training.loop import NonFiniteLossError
+
+    try:
+        run(argv)
+    except (PromptError, NoCheckpointError, DataError, NonFiniteLossError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except ValueError as e:
+        # Config values of the wrong kind surface as ValueErrors with a message for the user.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,122 @@
+"""Byte-level transformer text encoder (pre-LayerNorm, bidirectional, padding-masked)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.models.layers import Dtype, attention
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+# 256 byte values shifted by 3, after PAD, BOS and EOS.
+BYTE_VOCAB_SIZE = 259
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN transformer block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
+
+    Attributes:
+      num_heads: attention heads (width must divide by it).
+      mlp_ratio: hidden width of the MLP over the model width.
+      dropout: dropout rate on the attention and MLP outputs.
+      dtype: compute dtype.
+    """
+
+    num_heads: int
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
+        """Applies the block.
+
+        Args:
+          x: ``[B, L, W]``.
+          mask: bool ``[B, L]``, True for real tokens (keys that may be attended to).
+          train: enables dropout.
+
+        Returns:
+          ``[B, L, W]``.
+        """
+        b, length, width = x.shape
+        assert width % self.num_heads == 0, (width, self.num_heads)
+        head_dim = width // self.num_heads
+        h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
+        qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(h)
+        qkv = qkv.reshape(b, length, 3, self.num_heads, head_dim)
+        h = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask)
+        h = nn.Dense(width, dtype=self.dtype, name="attn_out")(h.reshape(b, length, width))
+        x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
+        h = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(h)
+        h = nn.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(h))
+        return x + nn.Dropout(self.dropout, deterministic=not train)(h)
+
+
+class TextEncoder(nn.Module):
+    """Transformer encoder over byte tokens (PAD=0, BOS=1, EOS=2, byte b -> b + 3).
+
+    Learned token and position embeddings, ``depth`` pre-LN blocks whose attention ignores PAD keys,
+    and a final LayerNorm. The pooled embedding is the masked mean of the final sequence over the
+    non-PAD positions (BOS, the bytes and EOS). The mean was chosen over the EOS state because it
+    needs no search for the EOS position, is defined for any row with at least one non-PAD token
+    (an empty caption ``[BOS, EOS, PAD...]`` pools its two tokens), and is exactly invariant to
+    trailing PAD tokens. A row that is entirely PAD pools to zeros.
+
+    Attributes:
+      vocab_size: token vocabulary size (259 for bytes + PAD/BOS/EOS).
+      max_len: the longest token sequence (number of position embeddings).
+      width: model width W.
+      depth: number of transformer blocks.
+      num_heads: attention heads.
+      mlp_ratio: MLP hidden width over W.
+      dropout: dropout rate (embedding, attention output, MLP output).
+      dtype: compute dtype; parameters stay float32.
+    """
+
+    vocab_size: int = BYTE_VOCAB_SIZE
+    max_len: int = 64
+    width: int = 128
+    depth: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, tokens: jax.Array, train: bool = False
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Encodes a batch of token rows.
+
+        Args:
+          tokens: int32 ``[B, L]`` with ``L <= max_len``, PAD (0) after EOS.
+          train: enables dropout (needs a ``"dropout"`` rng).
+
+        Returns:
+          seq: ``[B, L, W]`` in ``dtype``, the final-LayerNorm token states.
+          pooled: ``[B, W]`` in ``dtype``, masked mean of ``seq`` over non-PAD tokens.
+          mask: bool ``[B, L]``, True where ``tokens != PAD``.
+        """
+        length = tokens.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"token length {length} exceeds max_len {self.max_len}")
+        mask = tokens != PAD_ID
+        emb_init = nn.initializers.normal(0.02)
+        x = nn.Embed(self.vocab_size, self.width, embedding_init=emb_init, name="token_emb")(tokens)
+        pos = self.param("pos_emb", emb_init, (self.max_len, self.width), jnp.float32)
+        x = (x + pos[None, :length]).astype(self.dtype)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        for i in range(self.depth):
+            x = EncoderBlock(
+                self.num_heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}"
+            )(x, mask, train)
+        seq = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
+        m = mask.astype(jnp.float32)[:, :, None]
+        count = jnp.maximum(m.sum(axis=1), 1.0)
+        pooled = ((seq.astype(jnp.float32) * m).sum(axis=1) / count).astype(self.dtype)
+        return seq, pooled, mask

@@ -1,0 +1,25 @@
+"""Registry of pipelines: ``config.pipeline`` names one of them."""
+
+import importlib
+
+from jaxgen.pipelines.base import Pipeline
+
+# name -> "module:Class"; imported lazily so one family's dependencies never load for another.
+PIPELINES = {
+    "ddpm": "jaxgen.pipelines.ddpm:DDPMPipeline",
+}
+
+
+def get_pipeline_class(name: str) -> type[Pipeline]:
+    """Returns the pipeline class registered under ``name``."""
+    if name not in PIPELINES:
+        raise ValueError(
+            f"Unknown pipeline {name!r}. Valid pipelines: {', '.join(sorted(PIPELINES))}."
+        )
+    module_name, class_name = PIPELINES[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_pipeline(config) -> Pipeline:
+    """Constructs the pipeline named by ``config.pipeline`` from the whole config."""
+    return get_pipeline_class(config.pipeline)(config)

@@ -1,0 +1,50 @@
+"""The pipeline contract every model family implements.
+
+The loop, the CLI, the notebooks and the tests only use this surface, so a new family is a new
+module and a line in the registry, never a change to the loop.
+"""
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+# An evaluator maps (state, rng) to named scalar results. ``name`` prefixes its keys.
+Evaluator = Callable[[Any, jax.Array], dict[str, float]]
+
+
+class Pipeline(abc.ABC):
+    """One model family: its state, its pure train step, its sampler and its judges.
+
+    Subclasses are constructed from the whole experiment config. ``train_step`` must be a pure
+    function of its arguments: the loop jits it with the state donated and the batch sharded over
+    the mesh's ``data`` axis.
+    """
+
+    #: Whether the family trains on a dataset (style transfer optimises an image instead).
+    needs_data: bool = True
+
+    def __init__(self, config):
+        self.config = config
+
+    @abc.abstractmethod
+    def init(self, rng: jax.Array, example_batch: dict[str, np.ndarray] | None) -> Any:
+        """Returns the initial state pytree (params, optimiser states, EMA, step)."""
+
+    @abc.abstractmethod
+    def train_step(self, state: Any, batch: dict[str, jax.Array], rng: jax.Array):
+        """One update. Returns ``(new_state, metrics)``; metrics is a dict of scalars."""
+
+    @abc.abstractmethod
+    def generate(self, state: Any, prompts: Sequence[str], rng: jax.Array, **options) -> np.ndarray:
+        """Samples one image per prompt. Returns uint8 ``[len(prompts), H, W, 3]``."""
+
+    def evaluators(self) -> list[Evaluator]:
+        """Judges run during training and by ``--mode=eval``; empty by default."""
+        return []
+
+    def default_prompts(self, n: int) -> list[str]:
+        """Prompts used for sample grids when the user gives none."""
+        raise NotImplementedError(f"{type(self).__name__} needs explicit prompts.")

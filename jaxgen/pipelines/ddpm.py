@@ -1,0 +1,231 @@
+"""Text-conditional DDPM (Ho et al. 2020) with classifier-free guidance and DDIM sampling."""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import diffusion
+from jaxgen.data import tokenizer
+from jaxgen.evaluation import judges
+from jaxgen.models.text_encoder import TextEncoder
+from jaxgen.models.unet import UNet
+from jaxgen.pipelines.base import Pipeline
+from jaxgen.training import state as state_lib
+
+
+def to_model_space(images: jax.Array) -> jax.Array:
+    """uint8 ``[B, H, W, 3]`` -> float32 in [-1, 1]."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+    """float in [-1, 1] -> uint8 ``[B, H, W, 3]`` (rounded, clipped)."""
+    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class DDPMPipeline(Pipeline):
+    """A UNet denoiser conditioned on a byte-level text encoder.
+
+    State: ``params["unet"]`` (the text encoder is a submodule of the UNet, trained jointly),
+    its AdamW state and an EMA of the parameters, which ``generate`` uses.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        mc, dc = config.model, config.diffusion
+        self.max_text_len = int(config.data.max_text_len)
+        text = None
+        if mc.get("text") is not None:
+            text = TextEncoder(max_len=self.max_text_len, **mc.text.to_dict())
+        self.model = UNet(**mc.unet.to_dict(), text_encoder=text)
+        self.conditional = text is not None
+        self.schedule = diffusion.make_schedule(dc.schedule, int(dc.num_timesteps))
+        self.prediction_type = dc.prediction_type
+        self.tx = state_lib.make_optimizer(config.train)
+        self.empty_tokens = jnp.asarray(tokenizer.encode("", self.max_text_len))
+        self._judge = None
+
+    # -- training -------------------------------------------------------------------------
+    def init(self, rng, example_batch):
+        x = to_model_space(jnp.asarray(example_batch["image"]))
+        tokens = jnp.asarray(example_batch["tokens"]) if self.conditional else None
+        t = jnp.zeros((x.shape[0],), jnp.int32)
+        params = self.model.init(rng, x, t, tokens)["params"]
+        return state_lib.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params={"unet": params},
+            opt_state={"unet": self.tx.init(params)},
+            ema_params={"unet": params},
+        )
+
+    def train_step(self, state, batch, rng):
+        dc, tc = self.config.diffusion, self.config.train
+        x0 = to_model_space(batch["image"])
+        drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
+        tokens = None
+        if self.conditional:
+            tokens = batch["tokens"]
+            # Classifier-free guidance training: the empty caption stands for "no text".
+            drop = jax.random.bernoulli(drop_rng, float(dc.cond_drop_prob), (x0.shape[0],))
+            tokens = jnp.where(drop[:, None], self.empty_tokens[None], tokens)
+
+        def loss_fn(params):
+            def model_fn(x_t, t):
+                return self.model.apply(
+                    {"params": params}, x_t, t, tokens, train=True, rngs={"dropout": dropout_rng}
+                )
+
+            loss, _ = diffusion.diffusion_loss(
+                self.schedule,
+                model_fn,
+                x0,
+                loss_rng,
+                prediction_type=self.prediction_type,
+                weighting=dc.loss_weighting,
+                min_snr_gamma=float(dc.get("min_snr_gamma", 5.0)),
+            )
+            return loss
+
+        params = state.params["unet"]
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = self.tx.update(grads, state.opt_state["unet"], params)
+        params = jax.tree.map(jnp.add, params, updates)
+        decay = state_lib.ema_decay_at(state.step, float(tc.ema_decay))
+        ema = state_lib.ema_update(state.ema_params["unet"], params, decay)
+        metrics = {
+            "loss": loss,
+            "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))),
+            "learning_rate": state_lib.make_learning_rate(tc)(state.step),
+            "ema_decay": decay,
+        }
+        new_state = state.replace(
+            step=state.step + 1,
+            params={"unet": params},
+            opt_state={"unet": opt_state},
+            ema_params={"unet": ema},
+        )
+        return new_state, metrics
+
+    # -- sampling -------------------------------------------------------------------------
+    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
+        """Validates and encodes prompts; raises ``PromptError`` with a clear message."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        for p in prompts:
+            tokenizer.validate_prompt(p, self.max_text_len)
+        return tokenizer.encode_batch(list(prompts), self.max_text_len)
+
+    @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
+    def _sample(self, params, tokens, rng, sampler, num_steps, guidance_scale, eta):
+        size = int(self.config.data.image_size)
+        shape = (tokens.shape[0], size, size, 3)
+
+        def apply(x, t, tok):
+            return self.model.apply({"params": params}, x, t, tok if self.conditional else None)
+
+        if self.conditional and guidance_scale != 1.0:
+            uncond = jnp.broadcast_to(self.empty_tokens, tokens.shape)
+            model_fn = diffusion.guided_model_fn(apply, tokens, uncond, guidance_scale)
+        else:
+
+            def model_fn(x, t):
+                return apply(x, t, tokens)
+
+        if sampler == "ddim":
+            x = diffusion.ddim_sample(
+                model_fn,
+                self.schedule,
+                shape,
+                rng,
+                num_steps=num_steps,
+                eta=eta,
+                prediction_type=self.prediction_type,
+            )
+        elif sampler == "ancestral":
+            x = diffusion.ancestral_sample(
+                model_fn,
+                self.schedule,
+                shape,
+                rng,
+                prediction_type=self.prediction_type,
+                variance="posterior" if eta == 0.0 else "beta",
+            )
+        else:
+            raise ValueError(f"Unknown sampler {sampler!r}; valid: 'ddim', 'ancestral'.")
+        return to_uint8(x)
+
+    def generate(
+        self,
+        state,
+        prompts,
+        rng,
+        *,
+        sampler=None,
+        num_steps=None,
+        guidance_scale=None,
+        eta=None,
+        batch_size=None,
+    ):
+        """Samples one image per prompt with the EMA parameters.
+
+        Args:
+          state: a TrainState.
+          prompts: list of N strings (each non-empty and short enough for the text encoder).
+          rng: a PRNG key.
+          sampler: "ddim" (default from config) or "ancestral" (DDPM Algorithm 2).
+          num_steps: DDIM steps; guidance_scale: classifier-free guidance s (1 = off);
+          eta: DDIM eta; batch_size: prompts per compiled call (pads the last chunk).
+
+        Returns:
+          uint8 numpy array ``[N, H, W, 3]``.
+        """
+        sc = self.config.sample
+        tokens = self.tokenize(prompts)
+        sampler = sampler or sc.sampler
+        num_steps = int(num_steps or sc.num_steps)
+        guidance_scale = float(sc.guidance_scale if guidance_scale is None else guidance_scale)
+        eta = float(sc.eta if eta is None else eta)
+        chunk = int(batch_size or sc.batch_size)
+        params = (state.ema_params or state.params)["unet"]
+        n = len(tokens)
+        padded = -(-n // chunk) * chunk
+        tokens = np.concatenate([tokens, np.repeat(tokens[-1:], padded - n, axis=0)])
+        out = []
+        for i in range(0, padded, chunk):
+            out.append(
+                self._sample(
+                    params,
+                    tokens[i : i + chunk],
+                    jax.random.fold_in(rng, i),
+                    sampler,
+                    num_steps,
+                    guidance_scale,
+                    eta,
+                )
+            )
+        return np.concatenate([np.asarray(o) for o in out])[:n]
+
+    # -- evaluation -----------------------------------------------------------------------
+    @property
+    def judge(self):
+        if self._judge is None:
+            self._judge = judges.build_judge(self.config.data)
+        return self._judge
+
+    def default_prompts(self, n):
+        return self.judge.prompts("test", n, seed=1)[0]
+
+    def evaluators(self):
+        ec = self.config.eval
+        return [
+            functools.partial(
+                judges.evaluate_generator,
+                self.generate,
+                self.judge,
+                splits=tuple(ec.splits),
+                num_samples=int(ec.num_samples),
+            )
+        ]

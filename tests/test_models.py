@@ -1,0 +1,319 @@
+"""Tests for the UNet, the text encoder and the shared layers (tiny configs, jitted)."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.models.layers import (
+    Conv3x3,
+    GroupNorm,
+    attention,
+    count_params,
+    num_groups_for,
+    timestep_embedding,
+    upsample_nearest,
+)
+from jaxgen.models.text_encoder import BOS_ID, EOS_ID, PAD_ID, TextEncoder
+from jaxgen.models.unet import UNet
+
+TINY_TEXT = dict(max_len=16, width=32, depth=1, num_heads=2)
+
+
+def encode(text: str, length: int) -> np.ndarray:
+    """Byte tokens [BOS, bytes + 3, EOS, PAD...] of the given length."""
+    ids = [BOS_ID] + [b + 3 for b in text.encode()] + [EOS_ID]
+    assert len(ids) <= length, text
+    return np.array(ids + [PAD_ID] * (length - len(ids)), np.int32)
+
+
+def perturb(params, key, scale=0.05):
+    """Adds Gaussian noise to every leaf so that zero-initialised layers stop hiding inputs."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [
+        p + scale * jax.random.normal(k, p.shape, p.dtype)
+        for p, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+def tiny_unet(**kw):
+    cfg = dict(
+        ch=16,
+        ch_mults=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        cross_attn_resolutions=(16, 8),
+        num_heads=2,
+        norm_groups=8,
+        text_encoder=TextEncoder(**TINY_TEXT),
+        conv_impl="xla",  # compiles faster than im2col; the two are checked equal above
+    )
+    cfg.update(kw)
+    return UNet(**cfg)
+
+
+@pytest.fixture(scope="module")
+def cond_unet():
+    """A tiny text-conditioned UNet, its params, and a jitted apply."""
+    model = tiny_unet()
+    x = jnp.zeros((2, 16, 16, 3))
+    tokens = jnp.asarray(np.stack([encode("a red circle", 16), encode("", 16)]))
+    params = jax.jit(model.init)(jax.random.key(0), x, jnp.zeros((2,)), tokens)["params"]
+    apply = jax.jit(lambda p, x, t, tok: model.apply({"params": p}, x, t, tok))
+    return model, params, apply
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def test_group_norm_matches_flax_reference():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 16)) * 3.0 + 1.0
+    ours = GroupNorm(num_groups=4)
+    ref = nn.GroupNorm(num_groups=4, epsilon=1e-6)
+    params = ours.init(jax.random.key(1), x)
+    params = perturb(params, jax.random.key(2), 0.5)  # non-trivial affine
+    chex.assert_trees_all_close(ours.apply(params, x), ref.apply(params, x), atol=1e-5, rtol=1e-5)
+    scale = jax.random.normal(jax.random.key(3), (2, 16))
+    shift = jax.random.normal(jax.random.key(4), (2, 16))
+    expected = ref.apply(params, x) * (1 + scale[:, None, None]) + shift[:, None, None]
+    chex.assert_trees_all_close(
+        ours.apply(params, x, (scale, shift)), expected, atol=1e-5, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_conv3x3_im2col_matches_xla_and_nn_conv(strides):
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+    params = Conv3x3(7, strides, impl="xla").init(jax.random.key(1), x)
+    params = perturb(params, jax.random.key(2))  # non-zero bias
+    ref = nn.Conv(7, (3, 3), strides=strides, padding=((1, 1), (1, 1))).apply(params, x)
+    for impl in ("xla", "im2col"):
+        out = Conv3x3(7, strides, impl=impl).apply(params, x)
+        chex.assert_shape(out, (2, 8 // strides, 8 // strides, 7))
+        chex.assert_trees_all_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_num_groups_for():
+    assert num_groups_for(128, 32) == 32
+    assert num_groups_for(16, 32) == 16
+    assert num_groups_for(48, 32) == 24
+    assert num_groups_for(3, 32) == 3
+
+
+def test_timestep_embedding_closed_form():
+    emb = timestep_embedding(jnp.array([0, 7]), 8)
+    chex.assert_shape(emb, (2, 8))
+    np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+    freqs = 10000.0 ** (-np.arange(4) / 3)
+    np.testing.assert_allclose(
+        emb[1], np.concatenate([np.sin(7 * freqs), np.cos(7 * freqs)]), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_attention_masks_keys_and_matches_reference():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 2, 4)) for i in range(3))
+    mask = jnp.array([[True, True, False], [True, False, False]])
+    out = attention(q, k, v, mask)
+    for b, n_valid in enumerate([2, 1]):
+        logits = np.einsum("qnd,knd->nqk", q[b], k[b, :n_valid]) / 2.0
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        np.testing.assert_allclose(
+            out[b], np.einsum("nqk,knd->qnd", w, v[b, :n_valid]), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_upsample_nearest():
+    x = jnp.arange(8.0).reshape(1, 2, 2, 2)
+    np.testing.assert_array_equal(upsample_nearest(x), jnp.repeat(jnp.repeat(x, 2, 1), 2, 2))
+
+
+def test_count_params():
+    assert count_params({"a": jnp.zeros((3, 4)), "b": [jnp.zeros(5)]}) == 17
+
+
+# ----------------------------------------------------------------------------- text encoder
+
+
+def test_text_encoder_shapes_and_padding_invariance():
+    enc = TextEncoder(**TINY_TEXT)
+    short = jnp.asarray(np.stack([encode("a blue square", 16), encode("", 16)])[:, :15])
+    longer = jnp.pad(short, ((0, 0), (0, 1)))  # one more trailing PAD
+    params = jax.jit(enc.init)(jax.random.key(0), longer)
+    apply = jax.jit(enc.apply)
+    seq, pooled, mask = apply(params, longer)
+    chex.assert_shape(seq, (2, 16, 32))
+    chex.assert_shape(pooled, (2, 32))
+    assert mask.dtype == jnp.bool_ and seq.dtype == pooled.dtype == jnp.float32
+    np.testing.assert_array_equal(mask[1], np.arange(16) < 2)  # empty caption: BOS, EOS
+    assert np.isfinite(np.asarray(seq)).all() and np.isfinite(np.asarray(pooled)).all()
+    seq_s, pooled_s, _ = apply(params, short)
+    chex.assert_trees_all_close(pooled_s, pooled, atol=1e-5)
+    chex.assert_trees_all_close(seq_s, seq[:, :15], atol=1e-5)
+    # Pooled is the mean over the non-PAD positions of the sequence.
+    np.testing.assert_allclose(pooled[1], seq[1, :2].mean(0), atol=1e-5)
+
+
+def test_text_encoder_all_pad_row_is_finite_and_long_input_rejected():
+    enc = TextEncoder(**TINY_TEXT)
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    params = enc.init(jax.random.key(0), tokens)
+    seq, pooled, _ = enc.apply(params, tokens)
+    assert np.isfinite(np.asarray(seq)).all()
+    np.testing.assert_array_equal(pooled, 0.0)
+    with pytest.raises(ValueError, match="max_len"):
+        enc.apply(params, jnp.ones((1, 17), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- UNet
+
+
+def test_unet_conditional_shape_and_zero_at_init(cond_unet):
+    model, params, apply = cond_unet
+    assert "text_encoder" in params and "mid_xattn" in params and "down_0_0_xattn" in params
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    tokens = jnp.asarray(np.stack([encode("a red circle", 16), encode("", 16)]))
+    out = apply(params, x, jnp.array([3, 999]), tokens)
+    chex.assert_shape(out, (2, 16, 16, 3))
+    assert out.dtype == jnp.float32
+    # conv_out is zero-initialised, so the network predicts exactly zero at init.
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_unet_text_changes_output_and_padding_is_ignored(cond_unet):
+    model, params, apply = cond_unet
+    params = perturb(params, jax.random.key(7))
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    t = jnp.array([10.0, 500.5])  # float timesteps are accepted
+    a = jnp.asarray(np.stack([encode("a red circle", 16)] * 2))
+    b = jnp.asarray(np.stack([encode("a green square", 16)] * 2))
+    out_a, out_b = apply(params, x, t, a), apply(params, x, t, b)
+    assert float(jnp.abs(out_a).mean()) > 1e-3
+    assert float(jnp.abs(out_a - out_b).mean()) > 1e-3 * float(jnp.abs(out_a).mean())
+    # Trailing PAD tokens change neither the pooled embedding nor the cross-attention.
+    a_short = a[:, :14]
+    out_short = jax.jit(lambda p, x, t, tok: model.apply({"params": p}, x, t, tok))(
+        params, x, t, a_short
+    )
+    chex.assert_trees_all_close(out_short, out_a, atol=1e-4, rtol=1e-4)
+
+
+def test_unet_text_conditioning_reaches_both_paths(cond_unet):
+    """Cross-attention alone and the pooled embedding alone each change the output."""
+    model, params, apply = cond_unet
+    params = perturb(params, jax.random.key(7))
+    x = jax.random.normal(jax.random.key(1), (1, 16, 16, 3))
+    t = jnp.array([100])
+    a, b = (jnp.asarray(encode(s, 16))[None] for s in ("a red circle", "a cyan diamond"))
+    no_pool = dict(params, text_proj=jax.tree_util.tree_map(jnp.zeros_like, params["text_proj"]))
+    assert not np.allclose(apply(no_pool, x, t, a), apply(no_pool, x, t, b), atol=1e-5)
+    no_xattn = {
+        k: (jax.tree_util.tree_map(jnp.zeros_like, v) if k.endswith("xattn") else v)
+        for k, v in params.items()
+    }
+    # Zeroing all of a cross-attention block's weights makes it the identity (q=k=v=0, out=0).
+    assert not np.allclose(apply(no_xattn, x, t, a), apply(no_xattn, x, t, b), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "size,kw",
+    [
+        (16, dict(text_encoder=None)),
+        (
+            32,
+            dict(
+                text_encoder=None,
+                ch_mults=(1, 2, 2),
+                resblock_updown=True,
+                film=False,
+                conv_impl="im2col",
+            ),
+        ),
+        (32, dict(text_encoder=dict(TINY_TEXT), ch_mults=(1, 2, 2), dropout=0.1)),
+    ],
+)
+def test_unet_shapes_train_mode(size, kw):
+    model = tiny_unet(**kw)
+    conditional = kw["text_encoder"] is not None
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    t = jnp.array([0, 999])
+    tokens = jnp.asarray(np.stack([encode("a", 16), encode("", 16)])) if conditional else None
+    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
+    assert ("text_encoder" in params) == conditional
+    params = perturb(params, jax.random.key(2))
+
+    @functools.partial(jax.jit, static_argnames="train")
+    def fwd(p, rng, train):
+        return model.apply({"params": p}, x, t, tokens, train=train, rngs={"dropout": rng})
+
+    out1 = fwd(params, jax.random.key(3), True)
+    chex.assert_shape(out1, (2, size, size, 3))
+    assert np.isfinite(np.asarray(out1)).all()
+    if kw.get("dropout", 0.0) > 0:
+        out2 = fwd(params, jax.random.key(4), True)
+        assert not np.allclose(out1, out2)  # dropout is active in train mode
+        chex.assert_trees_all_equal(
+            fwd(params, jax.random.key(3), False), fwd(params, jax.random.key(4), False)
+        )
+
+
+def test_unet_requires_tokens_when_conditional():
+    model = tiny_unet()
+    with pytest.raises(ValueError, match="tokens"):
+        jax.eval_shape(
+            lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.ones(1))
+        )
+
+
+def test_unet_bfloat16_activations_float32_params():
+    # A mapping config inherits the UNet's dtype (an explicit TextEncoder keeps its own).
+    model = tiny_unet(dtype=jnp.bfloat16, text_encoder=dict(TINY_TEXT))
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    tokens = jnp.asarray(np.stack([encode("a red circle", 16)] * 2))
+    t = jnp.array([1, 2])
+    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
+    assert {p.dtype for p in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float32)}
+
+    @jax.jit
+    def fwd(p):
+        return model.apply({"params": p}, x, t, tokens, capture_intermediates=True)
+
+    out, state = fwd(perturb(params, jax.random.key(2)))
+    assert out.dtype == jnp.bfloat16
+    inter = state["intermediates"]
+    for name in ("down_0_res_0", "mid_attn", "mid_xattn", "up_1_res_0"):
+        assert inter[name]["__call__"][0].dtype == jnp.bfloat16, name
+    assert inter["text_encoder"]["__call__"][0][0].dtype == jnp.bfloat16
+    assert np.isfinite(np.asarray(out, np.float32)).all()
+
+
+def test_ddpm_cifar10_parameter_count():
+    """The DDPM CIFAR-10 UNet (ch 128, mults 1,2,2,2, attention at 16) has 35,746,307 params."""
+    model = UNet(
+        ch=128,
+        ch_mults=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        dropout=0.1,
+        num_heads=1,
+        text_encoder=None,
+        film=False,
+    )
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)))
+    )
+    assert count_params(shapes["params"]) == 35_746_307
+    # FiLM doubles each res block's embedding projection: 2 * sum(4ch * C_out + C_out) more.
+    film = jax.eval_shape(
+        lambda: model.clone(film=True).init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,))
+        )
+    )
+    res_out = [128] * 2 + [256] * 6 + [256] * 2 + [256] * 9 + [128] * 3
+    assert count_params(film["params"]) - 35_746_307 == sum(512 * c + c for c in res_out)

@@ -1,0 +1,148 @@
+"""Tests for the rule-based `shapes` judge: near perfect on real data, and able to fail."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from jaxgen.data import shapes
+from jaxgen.evaluation import shapes_judge as judge
+
+_SCORED = ("colour", "shape", "size", "count", "relation", "all")
+
+
+def _real(split, n, image_size=32):
+    src = shapes.ShapesSource(split, image_size=image_size)
+    batch = shapes.stack(src, range(n))
+    return batch["image"], [src.truth(i) for i in range(n)]
+
+
+def _noisy_blurred(images, seed=0):
+    """Float images in [-1, 1] with a [1, 2, 1] / 4 blur and Gaussian noise of std 0.1."""
+    x = images.astype(np.float32) / 127.5 - 1.0
+    k = np.array([1.0, 2.0, 1.0]) / 4.0
+    for axis in (1, 2):
+        x = ndimage.convolve1d(x, k, axis=axis, mode="constant", cval=-1.0)
+    x = x + np.random.default_rng(seed).normal(0.0, 0.1, x.shape)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("split", ["test", "heldout"])
+def test_near_perfect_on_real_images(split):
+    images, truths = _real(split, 1_000)
+    scores = judge.judge_batch(images, truths)
+    assert scores["num_images"] == 1_000 and scores["num_relations"] > 300
+    for name in _SCORED:
+        assert scores[name] >= 0.99, (name, scores)
+
+
+def test_accepts_float_range_like_uint8():
+    images, truths = _real("test", 200)
+    as_float = images.astype(np.float32) / 127.5 - 1.0
+    assert judge.judge_batch(as_float, truths) == judge.judge_batch(images, truths)
+    with pytest.raises(TypeError, match="uint8 or float"):
+        judge.judge_batch(images.astype(np.int32), truths)
+
+
+def test_robust_to_mild_noise_and_blur():
+    images, truths = _real("test", 500)
+    scores = judge.judge_batch(_noisy_blurred(images), truths)
+    for name in _SCORED:
+        assert scores[name] >= 0.98, (name, scores)
+
+
+def test_black_image_is_wrong():
+    _, truths = _real("test", 20)
+    scores = judge.judge_batch(np.zeros((20, 32, 32, 3), np.uint8), truths)
+    for name in _SCORED:
+        assert scores[name] == 0.0, (name, scores)
+
+
+def test_wrong_colour_is_colour_wrong():
+    _, truths = _real("test", 200)
+    images = []
+    for t in truths:
+        used = {o["colour"] for o in t["objects"]}
+        spare = [c for c in shapes.COLOUR_NAMES if c not in used]
+        recoloured = [dict(o, colour=spare[k]) for k, o in enumerate(t["objects"])]
+        images.append(shapes.render_scene(recoloured, 32))
+    scores = judge.judge_batch(np.stack(images), truths)
+    assert scores["colour"] == 0.0 and scores["all"] == 0.0
+    assert scores["count"] == 1.0  # the right number of objects is still there
+
+
+def test_wrong_shape_size_and_relation_are_caught():
+    _, truths = _real("test", 300)
+    swap_shape = {"circle": "square", "square": "circle", "triangle": "diamond"}
+    swap_shape["diamond"] = "triangle"
+    wrong_shape, wrong_size, mirrored = [], [], []
+    for t in truths:
+        objs = t["objects"]
+        wrong_shape.append(
+            shapes.render_scene([dict(o, shape=swap_shape[o["shape"]]) for o in objs], 32)
+        )
+        # Same centre, other size: the judge must read the size from the pixels.
+        resized = []
+        for o in objs:
+            other = shapes.object_sizes(32)["small" if o["size"] == "large" else "large"]
+            x0, y0, x1, y1 = o["box"]
+            cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+            box = (
+                cx - other // 2,
+                cy - other // 2,
+                cx - other // 2 + other,
+                cy - other // 2 + other,
+            )
+            resized.append(dict(o, box=box))
+        wrong_size.append(shapes.render_scene(resized[:1], 32))
+        # Swapping the two objects' positions reverses the relation.
+        if len(objs) == 2:
+            a, b = objs
+            mirrored.append(shapes.render_scene([dict(a, box=b["box"]), dict(b, box=a["box"])], 32))
+    one_object = [t for t in truths if len(t["objects"]) == 1]
+    two_object = [t for t in truths if len(t["objects"]) == 2]
+    assert judge.judge_batch(np.stack(wrong_shape), truths)["shape"] == 0.0
+    single_sized = [
+        img for img, t in zip(wrong_size, truths, strict=True) if len(t["objects"]) == 1
+    ]
+    assert judge.judge_batch(np.stack(single_sized), one_object)["size"] == 0.0
+    assert judge.judge_batch(np.stack(mirrored), two_object)["relation"] == 0.0
+
+
+def test_count_detects_extra_object():
+    _, truths = _real("test", 100)
+    one = [t for t in truths if len(t["objects"]) == 1][:20]
+    images = []
+    for t in one:
+        obj = t["objects"][0]
+        extra_colour = next(c for c in shapes.COLOUR_NAMES if c != obj["colour"])
+        x0, y0, _, _ = obj["box"]
+        # A small square in the corner farthest from the object.
+        ex = 0 if x0 > 11 else 23
+        ey = 0 if y0 > 11 else 23
+        extra = {"colour": extra_colour, "shape": "square", "box": (ex, ey, ex + 9, ey + 9)}
+        images.append(shapes.render_scene([obj, extra], 32))
+    scores = judge.judge_batch(np.stack(images), one)
+    assert scores["count"] == 0.0 and scores["colour"] == 1.0
+
+
+def test_detect_objects_reports_geometry():
+    images, truths = _real("test", 50)
+    for found, t in zip(judge.detect_objects(images), truths, strict=True):
+        assert len(found) == len(t["objects"])
+        by_colour = {o["colour"]: o for o in found}
+        for obj in t["objects"]:
+            assert by_colour[obj["colour"]]["box"] == obj["box"]
+
+
+def test_features():
+    images, _ = _real("test", 64)
+    f = judge.features(images)
+    assert f.shape == (64, judge.FEATURE_DIM) and f.dtype == np.float64
+    assert np.all(np.isfinite(f))
+    np.testing.assert_array_equal(f, judge.features(images.astype(np.float32) / 127.5 - 1.0))
+    # Real and black images are far apart in feature space; real images agree with each other.
+    black = judge.features(np.zeros_like(images))
+    assert np.all(black == 0.0)
+    other, _ = _real("train", 64)
+    g = judge.features(other)
+    assert np.linalg.norm(f.mean(0) - g.mean(0)) < np.linalg.norm(f.mean(0) - black.mean(0))
