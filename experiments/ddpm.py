@@ -38,11 +38,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             ch=64,
             ch_mults=(1, 2, 2),
             num_res_blocks=1,
-            attn_resolutions=(8,),
+            attn_resolutions=(8, 4),
             cross_attn_resolutions=(16, 8),
             num_heads=4,
             dropout=0.0,
             film=True,
+            # 2x2 pixel patches folded into channels: the UNet runs at 16, 8, 4 (see UNet).
+            patch_size=2,
         )
     )
     config.model.text = ml_collections.ConfigDict(dict(width=128, depth=2, num_heads=4))
@@ -81,7 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict()
     config.eval.splits = ("test", "heldout")
-    config.eval.num_samples = 256
+    config.eval.num_samples = 128
+    config.eval.num_steps = 25
     config.eval.every_minutes = 10.0
     config.eval.every_steps = 0
 
@@ -102,6 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 num_heads=1,
                 dropout=0.1,
                 film=False,
+                patch_size=1,
             )
         )
         config.diffusion.schedule = "linear"
@@ -126,6 +130,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.unet.num_res_blocks = 1
         config.model.unet.attn_resolutions = (8,)
         config.model.unet.cross_attn_resolutions = (8,)
+        config.model.unet.patch_size = 1
         config.model.unet.num_heads = 1
         config.model.text = ml_collections.ConfigDict(dict(width=32, depth=1, num_heads=2))
         config.data.image_size = 16

@@ -25,9 +25,13 @@ def _config_error(argv: list[str], error: Exception) -> str:
     import importlib.util
 
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    message = str(error)
+    if "Traceback (most recent call last)" in message:
+        # ml_collections embeds the traceback of a failing get_config() in its message.
+        return f"{path}: " + message.strip().splitlines()[-1].split(": ", 1)[-1]
     bad = [a for a in argv if a.startswith("--config.")]
     if not path or not bad:
-        return str(error)
+        return message
     file, _, arg = path.partition(":")
     try:
         spec = importlib.util.spec_from_file_location("_jaxgen_config", file)
@@ -49,6 +53,10 @@ def _config_error(argv: list[str], error: Exception) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if path is not None and not Path(path.partition(":")[0]).is_file():
+        print(f"error: config file {path.partition(':')[0]!r} not found", file=sys.stderr)
+        sys.exit(2)
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # noqa: BLE001 (flag errors become one clear line)
@@ -81,6 +89,13 @@ def run(argv) -> None:
         results = loop.train_and_evaluate(config, workdir)
         print(f"Evaluation ({workdir / loop.EVAL_FILE}): {results}")
         return
+    if _PROMPT.value:
+        # Check prompts before the (slow) restore, so a typo is reported at once.
+        from jaxgen.data.tokenizer import validate_prompt
+
+        max_len = int(loop.load_config(workdir).data.max_text_len)
+        for p in _PROMPT.value:
+            validate_prompt(p, max_len)
     model = api.load(workdir)
     if _MODE.value == "sample":
         from jaxgen.training import images

@@ -94,6 +94,7 @@ def evaluate_generator(
     splits: tuple[str, ...] = ("test",),
     num_samples: int = 256,
     seed: int = 0,
+    generate_options: dict | None = None,
 ) -> dict[str, float]:
     """Generates images for each split's prompts and judges them.
 
@@ -105,6 +106,7 @@ def evaluate_generator(
       splits: evaluation splits (e.g. "test" and "heldout" for shapes).
       num_samples: prompts per split.
       seed: which prompts are drawn (fixed so evaluations over training are comparable).
+      generate_options: keyword arguments for ``generate`` (e.g. fewer sampler steps).
 
     Returns:
       ``{"<split>/<metric>": value, "<split>/frechet": value}``.
@@ -114,7 +116,9 @@ def evaluate_generator(
     results = {}
     for i, split in enumerate(splits):
         captions, truths, real = judge.prompts(split, num_samples, seed=seed)
-        images = np.asarray(generate(state, captions, jax.random.fold_in(rng, i)))
+        images = np.asarray(
+            generate(state, captions, jax.random.fold_in(rng, i), **(generate_options or {}))
+        )
         for k, v in judge.score(images, truths).items():
             results[f"{split}/{k}"] = float(v)
         fake_feats = judge.features(images)

@@ -227,5 +227,6 @@ class DDPMPipeline(Pipeline):
                 self.judge,
                 splits=tuple(ec.splits),
                 num_samples=int(ec.num_samples),
+                generate_options={"num_steps": int(ec.get("num_steps", 0) or 0) or None},
             )
         ]

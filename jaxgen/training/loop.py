@@ -147,13 +147,14 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Trains (or resumes) the experiment in ``workdir`` and returns the final evaluation."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir)
+    # Validate everything cheap before touching the workdir.
     pipeline = build_pipeline(config)
     mesh = mesh_lib.make_mesh(config)
     tc = config.train
     mesh_lib.check_batch_size(tc.batch_size, mesh)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(config, workdir)
     rngs = root_rngs(config.seed)
 
     source = data_lib.build_source(config.data, "train") if pipeline.needs_data else None
@@ -221,6 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return results
 
     step = start_step
+    last_saved = start_step if checkpointer.latest_step() is not None else None
     results = {}
     window_start, window_steps = time.perf_counter(), 0
     bar = tqdm(
@@ -231,54 +233,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
-    with _Preemption() as preemption:
-        while step < num_steps:
-            if max_seconds and train_seconds >= max_seconds:
-                logging.info("Reached train.max_minutes at step %d.", step)
-                break
-            t0 = time.perf_counter()
-            batch = mesh_lib.to_global(next(iterator), mesh) if iterator is not None else None
-            state, metrics = train_step(state, batch, jax.random.fold_in(rngs["train"], step))
-            step += 1
-            window_steps += 1
-            is_last = step == num_steps
-            must_save = step % ckpt_every == 0 or is_last or preemption.requested
-            if step % log_every == 0 or must_save:
-                host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(host_metrics, step)
-                elapsed = time.perf_counter() - window_start
-                host_metrics["images_per_second"] = window_steps * tc.batch_size / elapsed
-                host_metrics["train_minutes"] = (train_seconds + time.perf_counter() - t0) / 60
-                writer.write_scalars(step, host_metrics)
-                bar.set_postfix(
-                    loss=f"{host_metrics.get('loss', float('nan')):.4f}",
-                    img_s=f"{host_metrics['images_per_second']:.0f}",
-                )
-                window_start, window_steps = time.perf_counter(), 0
-            else:
-                jax.block_until_ready(metrics)
-            train_seconds += time.perf_counter() - t0
-            bar.update(1)
-            if must_save:
-                checkpointer.save(step, state, meta())
-            if preemption.requested:
-                logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
-                break
-            paused = time.perf_counter()
-            if sample_every and step % sample_every == 0:
-                write_samples(step)
-            if (eval_every_steps and step % eval_every_steps == 0) or (
-                train_seconds >= next_eval_seconds and not is_last
-            ):
-                results = evaluate(step)
-                next_eval_seconds += eval_every_seconds
-            # Time spent sampling and judging is not training time.
-            window_start += time.perf_counter() - paused
-    bar.close()
-    if checkpointer.latest_step() != step:
-        checkpointer.save(step, state, meta())
-    checkpointer.close()
-    if not preemption.requested:
+    try:
+        with _Preemption() as preemption:
+            while step < num_steps:
+                if max_seconds and train_seconds >= max_seconds:
+                    logging.info("Reached train.max_minutes at step %d.", step)
+                    break
+                t0 = time.perf_counter()
+                batch = mesh_lib.to_global(next(iterator), mesh) if iterator is not None else None
+                state, metrics = train_step(state, batch, jax.random.fold_in(rngs["train"], step))
+                step += 1
+                window_steps += 1
+                is_last = step == num_steps
+                must_save = step % ckpt_every == 0 or is_last or preemption.requested
+                if step % log_every == 0 or must_save:
+                    host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    _check_finite(host_metrics, step)
+                    elapsed = time.perf_counter() - window_start
+                    host_metrics["images_per_second"] = window_steps * tc.batch_size / elapsed
+                    host_metrics["train_minutes"] = (train_seconds + time.perf_counter() - t0) / 60
+                    writer.write_scalars(step, host_metrics)
+                    bar.set_postfix(
+                        loss=f"{host_metrics.get('loss', float('nan')):.4f}",
+                        img_s=f"{host_metrics['images_per_second']:.0f}",
+                    )
+                    window_start, window_steps = time.perf_counter(), 0
+                else:
+                    jax.block_until_ready(metrics)
+                train_seconds += time.perf_counter() - t0
+                bar.update(1)
+                if must_save:
+                    checkpointer.save(step, state, meta())
+                    last_saved = step
+                if preemption.requested:
+                    logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
+                    break
+                paused = time.perf_counter()
+                if sample_every and step % sample_every == 0:
+                    write_samples(step)
+                if (eval_every_steps and step % eval_every_steps == 0) or (
+                    train_seconds >= next_eval_seconds and not is_last
+                ):
+                    results = evaluate(step)
+                    next_eval_seconds += eval_every_seconds
+                # Time spent sampling and judging is not training time.
+                window_start += time.perf_counter() - paused
+        preempted = preemption.requested
+        if last_saved != step:
+            checkpointer.save(step, state, meta())
+    finally:
+        # Also on errors (e.g. a NaN loss): let in-flight saves of good states finish.
+        bar.close()
+        checkpointer.close()
+        writer.flush()
+    if not preempted:
         write_samples(step)
         results = evaluate(step)
     writer.close()

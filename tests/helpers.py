@@ -1,0 +1,93 @@
+"""Shared helpers for the end-to-end tests: run the CLI, share one trained smoke workdir."""
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOKE_CONFIG = "--config=experiments/ddpm.py:smoke"
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a CLI subprocess: CPU only, quiet TensorFlow, no stray devices."""
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("XLA_FLAGS", None)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``python -m jaxgen.main ARGS`` from the repository root; never raises on failure."""
+    return subprocess.run(
+        [sys.executable, "-m", "jaxgen.main", *args],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def experiment_config(name: str, arg: str | None = None):
+    """``get_config(arg)`` of ``experiments/<name>.py``."""
+    import importlib.util
+
+    path = REPO_ROOT / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def copy_workdir(src: Path, dst: Path) -> Path:
+    """A private copy of a trained workdir, for tests that change it."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive lock between processes (pytest-xdist workers) on ``path``."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclasses.dataclass(frozen=True)
+class SmokeRun:
+    """A workdir trained by ``python -m jaxgen.main --config=experiments/ddpm.py:smoke``."""
+
+    workdir: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def train_smoke(root: Path) -> SmokeRun:
+    """Trains the smoke config into ``root/workdir`` once; later calls reuse the result."""
+    workdir = root / "workdir"
+    done = root / "result.json"
+    if not done.exists():
+        if workdir.exists():  # A half-written run from an interrupted attempt.
+            shutil.rmtree(workdir)
+        proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", timeout=1200)
+        done.write_text(
+            json.dumps(dict(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr))
+        )
+    result = json.loads(done.read_text())
+    return SmokeRun(workdir=workdir, **result)

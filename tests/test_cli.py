@@ -1,0 +1,173 @@
+"""End-to-end tests of ``python -m jaxgen.main``: train, sample, eval, resume and bad input."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import SMOKE_CONFIG, copy_workdir, experiment_config, read_jsonl, run_cli
+from PIL import Image
+
+SMOKE_STEPS = experiment_config("ddpm", "smoke").train.steps
+EVAL_KEYS = ("test/colour", "test/shape", "test/all", "heldout/colour", "heldout/all")
+
+
+def assert_clean_error(proc, *needles: str) -> str:
+    """Non-zero exit, exactly one ``error: ...`` line on stderr naming ``needles``, no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+# -- bad input: one clear line, no traceback ----------------------------------------------------
+def test_unknown_pipeline(tmp_path):
+    proc = run_cli(SMOKE_CONFIG, f"--workdir={tmp_path / 'run'}", "--config.pipeline=nope")
+    assert_clean_error(proc, "nope", "ddpm")
+
+
+def test_mistyped_config_key(tmp_path):
+    proc = run_cli(SMOKE_CONFIG, f"--workdir={tmp_path / 'run'}", "--config.train.stpes=3")
+    assert_clean_error(proc, "stpes", "steps", "batch_size")
+
+
+def test_config_value_of_the_wrong_type(tmp_path):
+    proc = run_cli(SMOKE_CONFIG, f"--workdir={tmp_path / 'run'}", "--config.train.steps=abc")
+    assert_clean_error(proc, "train.steps", "abc")
+
+
+def test_unknown_config_variant(tmp_path):
+    proc = run_cli("--config=experiments/ddpm.py:nope", f"--workdir={tmp_path / 'run'}")
+    assert_clean_error(proc, "nope", "shapes", "digits")
+
+
+def test_missing_config_file(tmp_path):
+    proc = run_cli("--config=experiments/nope.py", f"--workdir={tmp_path / 'run'}")
+    assert_clean_error(proc, "nope.py")
+
+
+@pytest.mark.parametrize("mode", ["sample", "eval"])
+def test_empty_workdir(tmp_path, mode):
+    workdir = tmp_path / "empty"
+    workdir.mkdir()
+    proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", f"--mode={mode}")
+    assert_clean_error(proc, str(workdir), "train")
+
+
+def test_workdir_without_checkpoints(tmp_path):
+    workdir = tmp_path / "no_ckpt"
+    workdir.mkdir()
+    config = experiment_config("ddpm", "smoke")
+    (workdir / "config.json").write_text(config.to_json_best_effort())
+    proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", "--mode=sample", "--prompt=a red circle")
+    assert_clean_error(proc, "No checkpoints", str(workdir))
+
+
+# -- train -------------------------------------------------------------------------------------
+def test_train_writes_the_workdir(smoke_run, trained_workdir):
+    assert "Traceback" not in smoke_run.stderr
+    assert "Evaluation" in smoke_run.stdout
+    for name in ("config.json", "metrics.jsonl", "eval.json", "eval_history.jsonl"):
+        assert (trained_workdir / name).is_file(), name
+    assert any((trained_workdir / "tb").iterdir())
+    steps = sorted(int(p.name) for p in (trained_workdir / "checkpoints").iterdir() if p.is_dir())
+    assert steps and steps[-1] == SMOKE_STEPS
+    config = json.loads((trained_workdir / "config.json").read_text())
+    assert config["pipeline"] == "ddpm" and config["train"]["steps"] == SMOKE_STEPS
+
+
+def test_train_metrics_are_finite(trained_workdir):
+    records = read_jsonl(trained_workdir / "metrics.jsonl")
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    assert losses, records
+    assert all(math.isfinite(loss) for _, loss in losses), losses
+    steps = [s for s, _ in losses]
+    assert steps == sorted(steps) and steps[-1] == SMOKE_STEPS
+
+
+def test_train_writes_evaluation(trained_workdir):
+    results = json.loads((trained_workdir / "eval.json").read_text())
+    assert results["step"] == SMOKE_STEPS
+    for key in EVAL_KEYS:
+        assert 0.0 <= results[key] <= 1.0, (key, results)
+    assert math.isfinite(results["test/frechet"])
+    history = read_jsonl(trained_workdir / "eval_history.jsonl")
+    assert history[-1]["step"] == SMOKE_STEPS
+
+
+def test_train_writes_sample_grids(trained_workdir):
+    grids = sorted((trained_workdir / "samples").glob("step_*.png"))
+    assert grids and grids[-1].name == f"step_{SMOKE_STEPS:07d}.png"
+    with Image.open(grids[-1]) as img:
+        assert img.mode == "RGB" and min(img.size) >= 16
+
+
+# -- sample and eval ---------------------------------------------------------------------------
+def test_sample_writes_png_and_prints_path(trained_workdir):
+    prompts = ["a large red circle", "a small blue square"]
+    proc = run_cli(
+        SMOKE_CONFIG,
+        f"--workdir={trained_workdir}",
+        "--mode=sample",
+        *(f"--prompt={p}" for p in prompts),
+        "--num_samples=2",
+        "--seed=11",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    match = re.search(r"Wrote 2 samples to (\S+\.png)", proc.stdout)
+    assert match, proc.stdout
+    path = Path(match.group(1))
+    assert path.is_file() and path.parent == trained_workdir / "samples"
+    with Image.open(path) as img:
+        grid = np.asarray(img.convert("RGB"))
+    assert grid.ndim == 3 and grid.shape[2] == 3 and grid.std() > 0
+    for p in prompts:
+        assert p in proc.stdout
+
+
+def test_eval_rewrites_eval_json(trained_workdir, tmp_path):
+    workdir = copy_workdir(trained_workdir, tmp_path / "run")
+    (workdir / "eval.json").unlink()
+    before = len(read_jsonl(workdir / "eval_history.jsonl"))
+    proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", "--mode=eval")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    results = json.loads((workdir / "eval.json").read_text())
+    assert results["step"] == SMOKE_STEPS
+    for key in EVAL_KEYS:
+        assert 0.0 <= results[key] <= 1.0, (key, results)
+    assert len(read_jsonl(workdir / "eval_history.jsonl")) == before + 1
+    assert f"Evaluation at step {SMOKE_STEPS}" in proc.stdout
+
+
+def test_train_resumes_from_the_newest_checkpoint(trained_workdir, tmp_path):
+    workdir = copy_workdir(trained_workdir, tmp_path / "run")
+    before = read_jsonl(workdir / "metrics.jsonl")
+    more = SMOKE_STEPS + 5
+    proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", f"--config.train.steps={more}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"Resumed from step {SMOKE_STEPS}" in proc.stderr, proc.stderr
+    new = read_jsonl(workdir / "metrics.jsonl")[len(before) :]
+    new_steps = [r["step"] for r in new if "loss" in r]
+    # Only the steps after the checkpoint were trained: nothing restarted from step 0.
+    assert new_steps and min(new_steps) > SMOKE_STEPS and new_steps[-1] == more, new_steps
+    steps = {int(p.name) for p in (workdir / "checkpoints").iterdir() if p.is_dir()}
+    assert more in steps
+    assert json.loads((workdir / "eval.json").read_text())["step"] == more
+    assert (workdir / "samples" / f"step_{more:07d}.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "prompt, needle", [("", "empty"), ("   ", "empty"), ("x" * 200, "200 UTF-8 bytes")]
+)
+def test_sample_bad_prompt(trained_workdir, prompt, needle):
+    proc = run_cli(
+        SMOKE_CONFIG, f"--workdir={trained_workdir}", "--mode=sample", f"--prompt={prompt}"
+    )
+    assert_clean_error(proc, needle)
