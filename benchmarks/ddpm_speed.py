@@ -60,7 +60,9 @@ _UNCOND = flags.DEFINE_bool(
 )
 _SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", None, "DDIM steps (default: the config's).")
 _SAMPLE_BATCH = flags.DEFINE_integer(
-    "sample_batch", None, "Prompts per sampler call (default: config.sample.batch_size)."
+    "sample_batch",
+    None,
+    "Prompts per sampler call (default: config.sample.batch_size, at most 16, for a short run).",
 )
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed sampler runs (median).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
@@ -357,11 +359,12 @@ def main(argv):
             )
             for _ in range(max(_WARMUP.value, 1)):
                 trainer.step()
+            trainer.flops = trainer.count_flops()
             label = "diffusers UNet2DModel" + (f" + {p}x{p} space-to-depth" if p > 1 else "")
             peers.append((label, p, trainer, []))
     matmul = Matmul()
 
-    log(f"timing {steps} training steps per contender over {rounds} rounds ...")
+    log(f"timing {steps} training steps per contender over {rounds} round(s) ...")
     for n in per_round:
         ours.run(n, with_data=True)
         pause()
@@ -376,8 +379,15 @@ def main(argv):
         matmul.run()
         pause()
 
+    summary = [
+        f"ours {median(ours.times['data']):.2f} s (data), {median(ours.times['fixed']):.2f} s"
+    ]
+    if uncond is not None:
+        summary.append(f"uncond {median(uncond.times['fixed']):.2f} s")
+    summary += [f"{label} {median(times):.2f} s" for label, _, _, times in peers]
+    log("median step: " + "; ".join(summary))
     sample_steps = int(_SAMPLE_STEPS.value or config.sample.num_steps)
-    sample_batch = int(_SAMPLE_BATCH.value or config.sample.batch_size)
+    sample_batch = int(_SAMPLE_BATCH.value or min(int(config.sample.batch_size), 16))
     log(f"compiling the sampler ({sample_steps} steps, batch {sample_batch}) ...")
     sampler = SamplerBench(ours, sample_steps, sample_batch)
     log(f"timing the sampler ({_REPEATS.value} repeats) ...")
@@ -436,6 +446,7 @@ def main(argv):
             "step_s_same_batch": median(uncond.times["fixed"]),
             "images_per_s_same_batch": uncond.img_s("fixed"),
             "step_flops": uncond.flops,
+            "achieved_gflops": uncond.flops / median(uncond.times["fixed"]) / 1e9,
         }
     if peers:
         import torch
@@ -453,6 +464,8 @@ def main(argv):
                 "block_out_channels": list(unet.config.block_out_channels),
                 "down_block_types": list(unet.config.down_block_types),
                 "step_s": median(times),
+                "step_flops": trainer.flops,
+                "achieved_gflops": trainer.flops / median(times) / 1e9,
                 "images_per_s": ips,
                 "ratio_text_cond": ours.img_s("fixed") / ips,
             }
@@ -474,7 +487,7 @@ def main(argv):
         f", text={'yes' if ours.pipeline.conditional else 'no'}"
     )
     tab.lines.append(
-        f"timing: median of {steps} steps per contender, interleaved over {rounds} rounds, "
+        f"timing: median of {steps} steps per contender, interleaved over {rounds} round(s), "
         f"after compile + {_WARMUP.value} warmup steps"
     )
     tab.section("training: jit(train_step, donate_argnums=(0,))")
@@ -522,11 +535,20 @@ def main(argv):
         if uncond is not None:
             tab.row("jaxgen, unconditional (model.text=None): params", f"{uncond.params:,}")
             tab.row("jaxgen, unconditional: images/s", f"{uncond.img_s('fixed'):.1f}")
+            u = res["train_uncond"]
+            tab.row(
+                "jaxgen, unconditional: step GFLOP (XLA) and GFLOP/s",
+                f"{u['step_flops'] / 1e9:.1f} @ {u['achieved_gflops']:.1f}",
+            )
         for t in res.get("torch", []):
             tab.row(f"{t['label']}, unconditional: params", f"{t['params']:,}")
             tab.row(
                 f"{t['label']} (torch {t['torch']}, {t['threads']} thr): images/s",
                 f"{t['images_per_s']:.1f}",
+            )
+            tab.row(
+                f"{t['label']}: step GFLOP (torch counter) and GFLOP/s",
+                f"{t['step_flops'] / 1e9:.1f} @ {t['achieved_gflops']:.1f}",
             )
             if uncond is not None:
                 r = t["ratio_uncond"]
@@ -536,15 +558,21 @@ def main(argv):
             r = t["ratio_text_cond"]
             tab.row("  jaxgen text-conditional / it", f"{r:.3f}", ">= 1.0", r >= 1.0)
         if peers:
-            t = res["torch"][0]
             tab.note(
                 "diffusers' UNet2DModel is unconditional: no cross-attention, no text encoder;"
             )
-            tab.note("the text-conditional ratio charges ours for both, the unconditional does not")
             tab.note(
-                f"peer: {t['down_block_types']} at {t['block_out_channels']}, float32, random "
+                "the text-conditional ratio charges ours for both, the unconditional does not."
             )
-            tab.note("data; MSE + backward + grad clip + AdamW + EMA per step, like ours")
+            tab.note(
+                "peers: float32, random data; MSE + backward + grad clip + AdamW + EMA per step"
+            )
+            for t in res["torch"]:
+                blocks = ", ".join(
+                    f"{b}({c})"
+                    for b, c in zip(t["down_block_types"], t["block_out_channels"], strict=True)
+                )
+                tab.note(f"{t['label']}: {blocks}")
     print()
     print(tab, flush=True)
     if _JSON_OUT.value:

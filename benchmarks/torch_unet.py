@@ -157,6 +157,14 @@ class Trainer:
             torch._foreach_lerp_(self.ema, self.params, 1.0 - self.ema_decay)
         return float(loss.detach())
 
+    def count_flops(self) -> float:
+        """FLOPs of one training step by ``torch.utils.flop_counter`` (runs one untimed step)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.step()
+        return float(counter.get_total_flops())
+
     def time_steps(self, n: int) -> list[float]:
         """Per-step wall times (seconds) of ``n`` steps."""
         out = []
