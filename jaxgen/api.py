@@ -27,9 +27,10 @@ class TrainedModel:
             prompts = [prompts]
         return self.pipeline.generate(self.state, list(prompts), jax.random.key(seed), **options)
 
-    def evaluate(self, seed: int = 0) -> dict[str, float]:
-        """Runs the pipeline's evaluators on the restored state."""
-        return loop.run_evaluators(self.pipeline, self.state, jax.random.key(seed))
+    def evaluate(self) -> dict[str, float]:
+        """Runs the pipeline's evaluators with the key the training loop uses at this step."""
+        rng = jax.random.fold_in(loop.root_rngs(self.config.seed)["eval"], self.step)
+        return loop.run_evaluators(self.pipeline, self.state, rng)
 
 
 def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
@@ -44,8 +45,12 @@ def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
     for key, value in (overrides or {}).items():
         node = config
         *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
+        for i, p in enumerate([*parents, leaf]):
+            if not hasattr(node, "keys") or p not in node:
+                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none)"
+                raise ValueError(f"Unknown config key {key!r} at {p!r}; valid keys: {valid}.")
+            if i < len(parents):
+                node = node[p]
         node[leaf] = value
     pipeline = build_pipeline(config)
     state, _, step = loop.restore_state(pipeline, config, workdir)

@@ -16,10 +16,6 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed for --mode=sample.")
 flags.mark_flags_as_required(["config"])
 
 
-class UsageError(Exception):
-    """A mistake in what the user typed; printed without a traceback."""
-
-
 def _config_error(argv: list[str], error: Exception) -> str:
     """Explains a bad ``--config.*`` override, naming the valid keys at that level."""
     import importlib.util
@@ -50,6 +46,26 @@ def _config_error(argv: list[str], error: Exception) -> str:
                 return f"Unknown config key {key!r}: {where} has no {part!r}. Valid keys: {valid}."
             node, walked = node[part], [*walked, part]
     return f"Bad config override: {error}"
+
+
+def default_workdir(config_path: str) -> Path:
+    """``runs/<experiment>[_<variant>]``, e.g. ``runs/ddpm`` or ``runs/ddpm_digits_smoke``."""
+    file, _, arg = config_path.partition(":")
+    name = Path(file).stem + ("_" + arg.replace(",", "_") if arg else "")
+    return Path("runs") / name
+
+
+def typed_overrides(argv: list[str], config) -> dict:
+    """The ``--config.a.b=value`` overrides on the command line, with their parsed values."""
+    out = {}
+    for a in argv:
+        if a.startswith("--config."):
+            key = a[len("--config.") :].split("=", 1)[0]
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            out[key] = node
+    return out
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -83,7 +99,7 @@ def run(argv) -> None:
 
     config = _CONFIG.value
     config_path = flags.FLAGS["config"].config_filename
-    workdir = Path(_WORKDIR.value or Path("runs") / Path(config_path).stem)
+    workdir = Path(_WORKDIR.value or default_workdir(config_path))
     logging.info("JAX devices: %s (%d process(es))", jax.devices(), jax.process_count())
     if _MODE.value == "train":
         results = loop.train_and_evaluate(config, workdir)
@@ -96,7 +112,9 @@ def run(argv) -> None:
         max_len = int(loop.load_config(workdir).data.max_text_len)
         for p in _PROMPT.value:
             validate_prompt(p, max_len)
-    model = api.load(workdir)
+    # The workdir's config.json describes the trained network; `--config.*` overrides typed on
+    # this command line (e.g. `--config.sample.num_steps=20`) apply on top of it.
+    model = api.load(workdir, overrides=typed_overrides(sys.argv, config))
     if _MODE.value == "sample":
         from jaxgen.training import images
 
@@ -123,7 +141,7 @@ def main(argv) -> None:
 
     try:
         run(argv)
-    except (PromptError, NoCheckpointError, DataError, NonFiniteLossError, UsageError) as e:
+    except (PromptError, NoCheckpointError, DataError, NonFiniteLossError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except ValueError as e:

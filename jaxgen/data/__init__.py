@@ -13,7 +13,7 @@ def build_source(data_config, split: str):
     Args:
       data_config: ``config.data`` with at least ``name``, ``image_size``, ``max_text_len``;
         ``tfds`` also needs ``tfds_name`` (and optionally ``data_dir``), ``folder`` needs
-        ``directory``.
+        ``directory`` (and optionally ``test_directory`` for evaluation prompts).
       split: "train", "test" (and "heldout" for shapes).
     """
     name = data_config.name
@@ -30,7 +30,12 @@ def build_source(data_config, split: str):
     if name == "digits":
         from jaxgen.data.digits import DigitsSource
 
-        return DigitsSource(split=split, image_size=size, max_text_len=max_len)
+        return DigitsSource(
+            split=split,
+            image_size=size,
+            max_text_len=max_len,
+            seed=int(data_config.get("seed", 0)),
+        )
     if name == "tfds":
         from jaxgen.data.tfds_source import TfdsSource
 
@@ -44,5 +49,7 @@ def build_source(data_config, split: str):
     if name == "folder":
         from jaxgen.data.folder import ImageFolderSource
 
-        return ImageFolderSource(data_config.directory, image_size=size, max_text_len=max_len)
+        # One folder is one split: pass a different directory per split via the config.
+        directory = data_config.get(f"{split}_directory") or data_config.directory
+        return ImageFolderSource(directory, image_size=size, max_text_len=max_len)
     raise ValueError(f"Unknown dataset {name!r}. Valid datasets: {', '.join(SOURCES)}.")

@@ -16,7 +16,8 @@ from jaxgen.evaluation.frechet import frechet_distance
 class Judge:
     """Base: prompts from a dataset's captions, no scoring (datasets without ground truth)."""
 
-    splits: tuple[str, ...] = ("test",)
+    #: Whether ``score``/``features`` measure anything (False: evaluation is skipped).
+    has_truth = False
 
     def __init__(self, data_config):
         self.data_config = data_config
@@ -32,7 +33,12 @@ class Judge:
         rng = np.random.default_rng(seed)
         idx = rng.choice(len(src), size=n, replace=n > len(src))
         examples = [src.example(int(i)) for i in idx]
-        images = np.stack([src[int(i)]["image"] for i in idx])
+        images = np.stack(
+            [
+                src[int(i)]["image"] if "image" not in e else e["image"]
+                for i, e in zip(idx, examples, strict=True)
+            ]
+        )
         return [e["caption"] for e in examples], examples, images
 
     def score(self, images: np.ndarray, truths: list) -> dict[str, float]:
@@ -47,7 +53,7 @@ class Judge:
 class ShapesJudge(Judge):
     """Colour / shape / size / count / relation accuracy of generated shapes scenes."""
 
-    splits = ("test", "heldout")
+    has_truth = True
 
     def score(self, images, truths):
         from jaxgen.evaluation import shapes_judge
@@ -60,8 +66,10 @@ class ShapesJudge(Judge):
         return shapes_judge.features(images)
 
 
-class DigitsJudge(Judge):
+class DigitsClassifierJudge(Judge):
     """Accuracy of a classifier trained on the real digits."""
+
+    has_truth = True
 
     def __init__(self, data_config):
         super().__init__(data_config)
@@ -77,7 +85,7 @@ class DigitsJudge(Judge):
         return self.classifier.features(images)
 
 
-JUDGES = {"shapes": ShapesJudge, "digits": DigitsJudge}
+JUDGES = {"shapes": ShapesJudge, "digits": DigitsClassifierJudge}
 
 
 def build_judge(data_config) -> Judge:

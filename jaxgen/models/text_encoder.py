@@ -6,13 +6,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.data.tokenizer import BOS as BOS_ID
+from jaxgen.data.tokenizer import EOS as EOS_ID
+from jaxgen.data.tokenizer import PAD as PAD_ID
+from jaxgen.data.tokenizer import VOCAB_SIZE as BYTE_VOCAB_SIZE
 from jaxgen.models.layers import Dtype, attention
 
-PAD_ID = 0
-BOS_ID = 1
-EOS_ID = 2
-# 256 byte values shifted by 3, after PAD, BOS and EOS.
-BYTE_VOCAB_SIZE = 259
+__all__ = ["BOS_ID", "BYTE_VOCAB_SIZE", "EOS_ID", "PAD_ID", "TextEncoder"]
 
 
 class EncoderBlock(nn.Module):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxgen import diffusion
 from jaxgen.data import tokenizer
@@ -45,6 +46,7 @@ class DDPMPipeline(Pipeline):
         self.schedule = diffusion.make_schedule(dc.schedule, int(dc.num_timesteps))
         self.prediction_type = dc.prediction_type
         self.tx = state_lib.make_optimizer(config.train)
+        self.learning_rate = state_lib.make_learning_rate(config.train)
         self.empty_tokens = jnp.asarray(tokenizer.encode("", self.max_text_len))
         self._judge = None
 
@@ -97,8 +99,8 @@ class DDPMPipeline(Pipeline):
         ema = state_lib.ema_update(state.ema_params["unet"], params, decay)
         metrics = {
             "loss": loss,
-            "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))),
-            "learning_rate": state_lib.make_learning_rate(tc)(state.step),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": self.learning_rate(state.step),
             "ema_decay": decay,
         }
         new_state = state.replace(
@@ -220,6 +222,8 @@ class DDPMPipeline(Pipeline):
 
     def evaluators(self):
         ec = self.config.eval
+        if not self.judge.has_truth:
+            return []  # e.g. TFDS/folder datasets: nothing to judge against.
         return [
             functools.partial(
                 judges.evaluate_generator,

@@ -40,7 +40,9 @@ class Checkpointer:
             force=True,
         )
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, int]:
+    def restore(
+        self, abstract_state: Any, step: int | None = None, delete_unreadable: bool = False
+    ) -> tuple[Any, dict, int]:
         """Restores ``step`` (default: the newest one that reads back cleanly).
 
         Args:
@@ -48,6 +50,8 @@ class Checkpointer:
             gives the structure, dtypes and placement to restore into.
           step: a specific step; if None, the newest restorable step, falling back to older ones
             with a warning when the newest is unreadable.
+          delete_unreadable: delete newer unreadable steps after falling back (training does,
+            so that it can save those steps again).
 
         Returns:
           ``(state, meta, step)``.
@@ -69,6 +73,10 @@ class Checkpointer:
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
                 logging.warning("Checkpoint at step %d is unreadable (%s); trying older.", s, e)
                 continue
+            for bad in steps[: steps.index(s)] if delete_unreadable else ():
+                # Drop unreadable newer steps so that training can save those steps again.
+                logging.warning("Deleting unreadable checkpoint step %d.", bad)
+                self.manager.delete(bad)
             return restored["state"], dict(restored["meta"] or {}), s
         raise NoCheckpointError(
             f"No readable checkpoint in {self.directory}:\n  " + "\n  ".join(errors)

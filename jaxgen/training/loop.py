@@ -70,6 +70,14 @@ def init_state(pipeline, config, mesh, source) -> Any:
     return init(root_rngs(config.seed)["init"], batch)
 
 
+def abstract_state(pipeline, config, mesh, source) -> Any:
+    """Shapes, dtypes and (replicated) shardings of the state, without computing it."""
+    batch = example_batch(source) if source is not None else None
+    abstract = jax.eval_shape(pipeline.init, root_rngs(config.seed)["init"], batch)
+    repl = mesh_lib.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+
+
 def restore_state(pipeline, config, workdir: str | Path, mesh=None, source=None):
     """Loads the newest checkpoint of a workdir. Returns ``(state, meta, step)``."""
     mesh = mesh or mesh_lib.make_mesh(config)
@@ -81,15 +89,9 @@ def restore_state(pipeline, config, workdir: str | Path, mesh=None, source=None)
         )
     if source is None and pipeline.needs_data:
         source = data_lib.build_source(config.data, "train")
-    batch = example_batch(source) if source is not None else None
-    abstract = jax.eval_shape(pipeline.init, root_rngs(config.seed)["init"], batch)
-    repl = mesh_lib.replicated(mesh)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract
-    )
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
     try:
-        return checkpointer.restore(abstract)
+        return checkpointer.restore(abstract_state(pipeline, config, mesh, source))
     finally:
         checkpointer.close()
 
@@ -167,13 +169,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-    state = init_state(pipeline, config, mesh, source)
     checkpointer = ckpt_lib.Checkpointer(
         workdir / "checkpoints", max_to_keep=tc.get("keep_checkpoints", 3)
     )
     start_step, train_seconds = 0, 0.0
-    if checkpointer.latest_step() is not None:
-        state, meta, start_step = checkpointer.restore(state)
+    if checkpointer.latest_step() is None:
+        state = init_state(pipeline, config, mesh, source)
+    else:
+        state, meta, start_step = checkpointer.restore(
+            abstract_state(pipeline, config, mesh, source), delete_unreadable=True
+        )
         train_seconds = float(meta.get("train_seconds", 0.0))
         if iterator is not None and meta.get("data") is not None:
             iterator.set_state(meta["data"])
@@ -184,7 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_step = jax.jit(
         pipeline.train_step, donate_argnums=(0,), out_shardings=(state_sharding, repl)
     )
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, resume_step=start_step)
+    for key in ("steps", "log_every", "checkpoint_every"):
+        if int(tc.get(key, 1)) <= 0:
+            raise ValueError(f"train.{key} must be a positive integer, got {tc.get(key)}.")
     num_steps = int(tc.steps)
     max_seconds = 60.0 * float(tc.get("max_minutes", 0) or 0)
     log_every = int(tc.get("log_every", 50))
@@ -269,10 +277,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
                     break
                 paused = time.perf_counter()
+                if is_last:
+                    break  # The final grid and evaluation follow the loop.
                 if sample_every and step % sample_every == 0:
                     write_samples(step)
                 if (eval_every_steps and step % eval_every_steps == 0) or (
-                    train_seconds >= next_eval_seconds and not is_last
+                    train_seconds >= next_eval_seconds
                 ):
                     results = evaluate(step)
                     next_eval_seconds += eval_every_seconds
@@ -286,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         bar.close()
         checkpointer.close()
         writer.flush()
-    if not preempted:
+    if not preempted and step > start_step:
         write_samples(step)
         results = evaluate(step)
     writer.close()

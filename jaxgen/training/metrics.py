@@ -11,11 +11,29 @@ import numpy as np
 class MetricWriter:
     """Writes scalars to ``<workdir>/tb`` (TensorBoard) and ``<workdir>/<jsonl_name>``."""
 
-    def __init__(self, workdir: str | Path, jsonl_name: str = "metrics.jsonl"):
+    def __init__(
+        self, workdir: str | Path, jsonl_name: str = "metrics.jsonl", resume_step: int = 0
+    ):
+        """Opens the writers.
+
+        Args:
+          workdir: the run directory.
+          jsonl_name: file name of the JSONL log inside ``workdir``.
+          resume_step: the step training resumes from; JSONL records after it (written before a
+            crash, past the last checkpoint) are dropped so that the log has each step once.
+        """
         self.enabled = jax.process_index() == 0
         self.workdir = Path(workdir)
         self._tb = None
         self._jsonl = None
+        path = self.workdir / jsonl_name
+        if self.enabled and path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
         if self.enabled:
             from tensorboardX import SummaryWriter
 
