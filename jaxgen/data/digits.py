@@ -14,7 +14,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from jaxgen.data.pipeline import encode_caption
+from jaxgen.data.pipeline import check_index, encode_caption
 
 NUM_CLASSES = 10
 NUM_TEST = 297
@@ -133,11 +133,7 @@ class DigitsSource:
         return len(self.labels)
 
     def _check(self, i: int) -> int:
-        if not -len(self) <= i < len(self):
-            raise IndexError(
-                f"DigitsSource({self.split!r}) index {i} out of range [0, {len(self)})"
-            )
-        return int(i) % len(self)
+        return check_index(i, len(self), f"DigitsSource({self.split!r})")
 
     def example(self, i: int) -> dict:
         """Returns {"caption": str, "label": int} of example `i`."""

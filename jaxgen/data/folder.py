@@ -20,7 +20,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from jaxgen.data.pipeline import DataError, encode_caption
+from jaxgen.data.pipeline import DataError, check_index, encode_caption
 
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -109,9 +109,7 @@ class ImageFolderSource:
         return len(self._entries)
 
     def _check(self, i: int) -> int:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"ImageFolderSource index {i} out of range [0, {len(self)})")
-        return int(i) % len(self)
+        return check_index(i, len(self), "ImageFolderSource")
 
     def example(self, i: int) -> dict:
         """Returns {"caption": str, "file": str (relative to the directory)} of example `i`."""

@@ -49,6 +49,13 @@ def encode_caption(caption: str, max_len: int) -> np.ndarray:
     return tokenizer.encode(data.decode("utf-8", errors="ignore"), max_len)
 
 
+def check_index(i: int, length: int, what: str) -> int:
+    """Returns ``i`` as a non-negative index into ``length`` items, or raises IndexError."""
+    if not -length <= i < length:
+        raise IndexError(f"{what} index {i} out of range [0, {length})")
+    return int(i) % length
+
+
 class _CheckedSource:
     """Wraps a source so that any failure in `__getitem__` becomes a DataError naming the index."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jaxgen.data.pipeline import DataError, encode_caption
+from jaxgen.data.pipeline import DataError, check_index, encode_caption
 
 # Datasets whose images are handwritten characters, not photos.
 _HANDWRITTEN = ("mnist", "emnist", "kmnist", "binarized_mnist")
@@ -152,9 +152,7 @@ class TfdsSource:
         return len(self._ds)
 
     def _check(self, i: int) -> int:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"TfdsSource({self.name!r}) index {i} out of range [0, {len(self)})")
-        return int(i) % len(self)
+        return check_index(i, len(self), f"TfdsSource({self.name!r})")
 
     def _caption(self, raw: dict[str, Any]) -> str:
         if self._caption_fn is not None:
