@@ -33,6 +33,23 @@ class TrainedModel:
         return loop.run_evaluators(self.pipeline, self.state, rng)
 
 
+def resolve_key(config, key: str):
+    """``(parent, leaf)`` of a dotted config key; ValueError naming the valid keys if absent."""
+    *parents, leaf = key.split(".")
+    node, walked = config, []
+    for part in [*parents, leaf]:
+        if not hasattr(node, "keys") or part not in node:
+            valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none)"
+            where = ".".join(["config", *walked])
+            raise ValueError(
+                f"Unknown config key {key!r}: {where} has no {part!r}. Valid keys: {valid}."
+            )
+        if len(walked) < len(parents):
+            node = node[part]
+        walked.append(part)
+    return node, leaf
+
+
 def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
     """Loads the config and newest checkpoint of ``workdir``.
 
@@ -43,15 +60,8 @@ def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
     workdir = Path(workdir)
     config = loop.load_config(workdir)
     for key, value in (overrides or {}).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for i, p in enumerate([*parents, leaf]):
-            if not hasattr(node, "keys") or p not in node:
-                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none)"
-                raise ValueError(f"Unknown config key {key!r} at {p!r}; valid keys: {valid}.")
-            if i < len(parents):
-                node = node[p]
-        node[leaf] = value
+        parent, leaf = resolve_key(config, key)
+        parent[leaf] = value
     pipeline = build_pipeline(config)
     state, _, step = loop.restore_state(pipeline, config, workdir)
     return TrainedModel(config, pipeline, state, step, workdir)

@@ -36,15 +36,13 @@ def _config_error(argv: list[str], error: Exception) -> str:
         config = module.get_config(arg or None)
     except Exception:  # noqa: BLE001 (the config file itself is broken: report the original)
         return str(error)
+    from jaxgen.api import resolve_key
+
     for override in bad:
-        key = override[len("--config.") :].split("=", 1)[0]
-        node, walked = config, []
-        for part in key.split("."):
-            if not hasattr(node, "keys") or part not in node:
-                valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(none)"
-                where = "config." + ".".join(walked) if walked else "config"
-                return f"Unknown config key {key!r}: {where} has no {part!r}. Valid keys: {valid}."
-            node, walked = node[part], [*walked, part]
+        try:
+            resolve_key(config, override[len("--config.") :].split("=", 1)[0])
+        except ValueError as e:
+            return str(e)
     return f"Bad config override: {error}"
 
 
@@ -57,14 +55,14 @@ def default_workdir(config_path: str) -> Path:
 
 def typed_overrides(argv: list[str], config) -> dict:
     """The ``--config.a.b=value`` overrides on the command line, with their parsed values."""
+    from jaxgen.api import resolve_key
+
     out = {}
     for a in argv:
         if a.startswith("--config."):
             key = a[len("--config.") :].split("=", 1)[0]
-            node = config
-            for part in key.split("."):
-                node = node[part]
-            out[key] = node
+            parent, leaf = resolve_key(config, key)
+            out[key] = parent[leaf]
     return out
 
 

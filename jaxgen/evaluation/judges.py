@@ -35,7 +35,7 @@ class Judge:
         examples = [src.example(int(i)) for i in idx]
         images = np.stack(
             [
-                src[int(i)]["image"] if "image" not in e else e["image"]
+                e["image"] if "image" in e else src[int(i)]["image"]
                 for i, e in zip(idx, examples, strict=True)
             ]
         )
