@@ -31,6 +31,9 @@ def main() -> None:
     parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated keys")
     args = parser.parse_args()
     rows = read_history(args.workdir)
+    # One row per step: an evaluation repeated at the same step (e.g. rerunning a finished run)
+    # is shown once, with its latest numbers.
+    rows = list({r["step"]: r for r in rows}.values())
     keys = [k for k in args.metrics.split(",") if any(k in r for r in rows)]
     print("| train min | step | " + " | ".join(keys) + " |")
     print("|---:|---:|" + "---:|" * len(keys))

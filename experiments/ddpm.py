@@ -33,6 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.data_dir = ""
 
     config.model = ml_collections.ConfigDict()
+    # "bfloat16": mixed precision (bfloat16 activations, float32 parameters and optimizer state).
+    config.model.dtype = "float32"
     config.model.unet = ml_collections.ConfigDict(
         dict(
             ch=64,
@@ -61,6 +63,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.diffusion.min_snr_gamma = 5.0
     config.diffusion.cond_drop_prob = 0.1
 
+    # Devices are split into data-parallel groups of `fsdp` devices that shard the state.
+    # Arrays smaller than fsdp_min_size elements stay replicated.
+    config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
+
     config.train = ml_collections.ConfigDict()
     # Sized for ~1.25 s/step on a 2-core CPU (measured), so that the cosine decay ends near the
     # hour; max_minutes caps training there on a slower machine. Batch 32 takes twice the
@@ -78,6 +84,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 50
     config.train.checkpoint_every = 500
     config.train.keep_checkpoints = 3
+    # True: a step whose loss or gradient norm is NaN/Inf is skipped (state unchanged) and counted
+    # in `skipped_steps`; False: the run stops at that step, keeping the last good checkpoint.
+    config.train.skip_nonfinite_updates = False
 
     config.sample = ml_collections.ConfigDict()
     config.sample.sampler = "ddim"
@@ -125,6 +134,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 patch_size=1,
             )
         )
+        config.model.dtype = "bfloat16"
         config.diffusion.schedule = "linear"
         config.diffusion.prediction_type = "eps"
         config.diffusion.loss_weighting = "simple"

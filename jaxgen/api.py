@@ -4,6 +4,7 @@ model = jaxgen.load("runs/ddpm")
 images = model.generate(["a large red circle"], seed=0)   # uint8 [1, 32, 32, 3]
 """
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
     for key, value in (overrides or {}).items():
         parent, leaf = resolve_key(config, key)
         parent[leaf] = value
+    if config.get("mesh") is not None and "mesh.fsdp" not in (overrides or {}):
+        # A run sharded over more devices than this process has loads into the largest
+        # sharding that fits here (the values do not depend on the placement).
+        config.mesh.fsdp = math.gcd(int(config.mesh.get("fsdp", 1)), jax.device_count())
     pipeline = build_pipeline(config)
     state, _, step = loop.restore_state(pipeline, config, workdir)
     return TrainedModel(config, pipeline, state, step, workdir)

@@ -13,6 +13,14 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "Prompt for --mode=sample (repeatable).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 16, "Images per run of --mode=sample.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed for --mode=sample.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs: host:port of process 0 (see README)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process run found by JAX (TPU pod slice, SLURM, MPI)."
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -92,6 +100,11 @@ def _quiet_library_logs() -> None:
 def run(argv) -> None:
     del argv
     _quiet_library_logs()
+    from jaxgen.training import distributed
+
+    distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
+    )
     from jaxgen import api
     from jaxgen.training import loop
 

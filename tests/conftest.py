@@ -15,13 +15,7 @@ def smoke_run(tmp_path_factory) -> helpers.SmokeRun:
 
     Treat the workdir as read-only: tests that change it work on a ``helpers.copy_workdir`` copy.
     """
-    if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        return helpers.train_smoke(tmp_path_factory.mktemp("smoke_ddpm"))
-    # Under pytest-xdist every worker has its own basetemp; their parent is shared by the run.
-    root = tmp_path_factory.getbasetemp().parent / "smoke_ddpm"
-    root.mkdir(exist_ok=True)
-    with helpers.file_lock(root / "lock"):
-        return helpers.train_smoke(root)
+    return helpers.shared_smoke_run(tmp_path_factory, "smoke_ddpm")
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +23,13 @@ def trained_workdir(smoke_run):
     """The workdir of ``smoke_run``; fails the test if that training failed."""
     assert smoke_run.returncode == 0, f"smoke training failed:\n{smoke_run.stderr[-4000:]}"
     return smoke_run.workdir
+
+
+@pytest.fixture(scope="session")
+def reference_workdir(tmp_path_factory):
+    """The uninterrupted 1-device, 1-process run that the scaling and fault tests compare with."""
+    import scale_helpers
+
+    run = helpers.shared_smoke_run(tmp_path_factory, "scale_reference", *scale_helpers.RUN_ARGS)
+    assert run.returncode == 0, f"reference training failed:\n{run.stderr[-4000:]}"
+    return run.workdir

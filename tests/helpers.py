@@ -22,12 +22,17 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs ``python -m jaxgen.main ARGS`` from the repository root; never raises on failure."""
+def run_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs ``python -m jaxgen.main ARGS`` from the repository root; never raises on failure.
+
+    ``env`` adds variables to ``cli_env()`` (e.g. ``XLA_FLAGS`` for fake devices).
+    """
     return subprocess.run(
         [sys.executable, "-m", "jaxgen.main", *args],
         cwd=REPO_ROOT,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -78,16 +83,27 @@ class SmokeRun:
     stderr: str
 
 
-def train_smoke(root: Path) -> SmokeRun:
-    """Trains the smoke config into ``root/workdir`` once; later calls reuse the result."""
+def train_smoke(root: Path, *args: str) -> SmokeRun:
+    """Trains the smoke config (plus ``args``) into ``root/workdir`` once; later calls reuse it."""
     workdir = root / "workdir"
     done = root / "result.json"
     if not done.exists():
         if workdir.exists():  # A half-written run from an interrupted attempt.
             shutil.rmtree(workdir)
-        proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", timeout=1200)
+        proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", *args, timeout=1200)
         done.write_text(
             json.dumps(dict(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr))
         )
     result = json.loads(done.read_text())
     return SmokeRun(workdir=workdir, **result)
+
+
+def shared_smoke_run(tmp_path_factory, name: str, *args: str) -> SmokeRun:
+    """``train_smoke`` once per test session, shared by the pytest-xdist workers through a lock."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return train_smoke(tmp_path_factory.mktemp(name), *args)
+    # Under pytest-xdist every worker has its own basetemp; their parent is shared by the run.
+    root = tmp_path_factory.getbasetemp().parent / name
+    root.mkdir(exist_ok=True)
+    with file_lock(root / "lock"):
+        return train_smoke(root, *args)

@@ -38,11 +38,24 @@ class DDPMPipeline(Pipeline):
         super().__init__(config)
         mc, dc = config.model, config.diffusion
         self.max_text_len = int(config.data.max_text_len)
+        dtype = state_lib.compute_dtype(mc)
+        size, patch = int(config.data.image_size), int(mc.unet.get("patch_size", 1))
+        factor = patch * 2 ** (len(mc.unet.ch_mults) - 1)
+        if size <= 0 or size % factor:
+            raise ValueError(
+                f"data.image_size={size} does not fit this UNet: it must be a positive multiple of "
+                f"{factor} (model.unet.patch_size={patch} times 2 per downsampling of "
+                f"model.unet.ch_mults={tuple(mc.unet.ch_mults)})."
+            )
         text = None
         if mc.get("text") is not None:
-            text = TextEncoder(max_len=self.max_text_len, **mc.text.to_dict())
-        self.model = UNet(**mc.unet.to_dict(), text_encoder=text)
+            text = TextEncoder(max_len=self.max_text_len, dtype=dtype, **mc.text.to_dict())
+        self.model = UNet(**mc.unet.to_dict(), text_encoder=text, dtype=dtype)
         self.conditional = text is not None
+        if not 0.0 <= float(dc.cond_drop_prob) < 1.0:
+            raise ValueError(
+                f"diffusion.cond_drop_prob must be in [0, 1), got {dc.cond_drop_prob}."
+            )
         self.schedule = diffusion.make_schedule(dc.schedule, int(dc.num_timesteps))
         self.prediction_type = dc.prediction_type
         self.tx = state_lib.make_optimizer(config.train)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -64,18 +65,43 @@ def example_batch(source, n: int = 1) -> dict[str, np.ndarray]:
 
 
 def init_state(pipeline, config, mesh, source) -> Any:
-    """The initial state, replicated over the mesh."""
+    """The initial state, placed on the mesh (replicated, or split over ``fsdp``)."""
     batch = example_batch(source) if source is not None else None
-    init = jax.jit(pipeline.init, out_shardings=mesh_lib.replicated(mesh))
-    return init(root_rngs(config.seed)["init"], batch)
+    rng = root_rngs(config.seed)["init"]
+    abstract = jax.eval_shape(pipeline.init, rng, batch)
+    shardings = mesh_lib.state_sharding(abstract, mesh, mesh_lib.fsdp_min_size(config))
+    return jax.jit(pipeline.init, out_shardings=shardings)(rng, batch)
 
 
 def abstract_state(pipeline, config, mesh, source) -> Any:
-    """Shapes, dtypes and (replicated) shardings of the state, without computing it."""
+    """Shapes, dtypes and shardings of the state, without computing it."""
     batch = example_batch(source) if source is not None else None
     abstract = jax.eval_shape(pipeline.init, root_rngs(config.seed)["init"], batch)
-    repl = mesh_lib.replicated(mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), abstract)
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract,
+        mesh_lib.state_sharding(abstract, mesh, mesh_lib.fsdp_min_size(config)),
+    )
+
+
+def guard_nonfinite(train_step):
+    """Wraps a train step so that a step with a non-finite metric leaves the state unchanged.
+
+    The returned step computes the update, checks every metric for NaN/Inf on the device, and
+    keeps the old state where any is bad (one select per array, no host round trip); its metrics
+    gain ``skipped`` (1.0 for a skipped step, else 0.0). The bad metrics are still returned, so
+    the loop can log them.
+    """
+
+    def step(state, batch, rng):
+        new_state, metrics = train_step(state, batch, rng)
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(m)) for m in jax.tree.leaves(metrics)]))
+        new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+        # The step counter still advances: the skipped batch is consumed, like any other.
+        new_state = new_state.replace(step=state.step + 1)
+        return new_state, {**metrics, "skipped": 1.0 - ok.astype(jnp.float32)}
+
+    return step
 
 
 def restore_state(pipeline, config, workdir: str | Path, mesh=None, source=None):
@@ -96,8 +122,15 @@ def restore_state(pipeline, config, workdir: str | Path, mesh=None, source=None)
         checkpointer.close()
 
 
-def _check_finite(metrics: dict[str, float], step: int) -> None:
+def _check_finite(metrics: dict[str, float], step: int, skip: bool = False) -> None:
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad and skip:
+        logging.warning(
+            "Non-finite %s at step %d: update skipped (train.skip_nonfinite_updates).",
+            ", ".join(f"{k}={metrics[k]}" for k in bad),
+            step,
+        )
+        return
     if bad:
         raise NonFiniteLossError(
             f"Non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)} at step {step}; "
@@ -147,9 +180,29 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def validate_train_config(tc) -> None:
+    """Rejects out-of-range ``config.train`` values with a message naming the key."""
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        value = tc.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"train.{key} must be a positive integer, got {value!r}.")
+    checks = (
+        ("learning_rate", lambda v: v > 0, "a positive number"),
+        ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("max_minutes", lambda v: v >= 0, ">= 0 (0: no limit)"),
+        ("grad_clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
+        ("weight_decay", lambda v: v >= 0, ">= 0"),
+    )
+    for key, ok, what in checks:
+        value = tc.get(key)
+        if value is not None and not (math.isfinite(float(value)) and ok(float(value))):
+            raise ValueError(f"train.{key} must be {what}, got {value!r}.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Trains (or resumes) the experiment in ``workdir`` and returns the final evaluation."""
     # Validate everything cheap before touching the workdir.
+    validate_train_config(config.train)
     pipeline = build_pipeline(config)
     mesh = mesh_lib.make_mesh(config)
     tc = config.train
@@ -172,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     checkpointer = ckpt_lib.Checkpointer(
         workdir / "checkpoints", max_to_keep=tc.get("keep_checkpoints", 3)
     )
-    start_step, train_seconds = 0, 0.0
+    start_step, train_seconds, skipped = 0, 0.0, 0
     if checkpointer.latest_step() is None:
         state = init_state(pipeline, config, mesh, source)
     else:
@@ -180,19 +233,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             abstract_state(pipeline, config, mesh, source), delete_unreadable=True
         )
         train_seconds = float(meta.get("train_seconds", 0.0))
+        skipped = int(meta.get("skipped_steps", 0))
         if iterator is not None and meta.get("data") is not None:
             iterator.set_state(meta["data"])
         logging.info("Resumed from step %d in %s.", start_step, workdir)
 
-    repl = mesh_lib.replicated(mesh)
-    state_sharding = jax.tree.map(lambda _: repl, state)
+    skip_nonfinite = bool(tc.get("skip_nonfinite_updates", False))
+    step_fn = guard_nonfinite(pipeline.train_step) if skip_nonfinite else pipeline.train_step
+    shardings = mesh_lib.state_sharding(state, mesh, mesh_lib.fsdp_min_size(config))
+    logging.info("Mesh %s; %s.", dict(mesh.shape), mesh_lib.describe_sharding(shardings))
     train_step = jax.jit(
-        pipeline.train_step, donate_argnums=(0,), out_shardings=(state_sharding, repl)
+        step_fn, donate_argnums=(0,), out_shardings=(shardings, mesh_lib.replicated(mesh))
     )
     writer = MetricWriter(workdir, resume_step=start_step)
-    for key in ("steps", "log_every", "checkpoint_every"):
-        if int(tc.get(key, 1)) <= 0:
-            raise ValueError(f"train.{key} must be a positive integer, got {tc.get(key)}.")
     num_steps = int(tc.steps)
     max_seconds = 60.0 * float(tc.get("max_minutes", 0) or 0)
     log_every = int(tc.get("log_every", 50))
@@ -211,6 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return {
             "data": iterator.get_state() if iterator is not None else None,
             "train_seconds": train_seconds,
+            "skipped_steps": skipped,
         }
 
     def write_samples(step: int) -> None:
@@ -254,20 +308,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 window_steps += 1
                 is_last = step == num_steps
                 must_save = step % ckpt_every == 0 or is_last or preemption.requested
+                # Every step's few scalars come to the host (the step is waited on anyway), so
+                # a non-finite value is caught at the step that produced it, before any save.
+                host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(host_metrics, step, skip=skip_nonfinite)
+                skipped += int(host_metrics.get("skipped", 0.0))
                 if step % log_every == 0 or must_save:
-                    host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    _check_finite(host_metrics, step)
                     elapsed = time.perf_counter() - window_start
                     host_metrics["images_per_second"] = window_steps * tc.batch_size / elapsed
                     host_metrics["train_minutes"] = (train_seconds + time.perf_counter() - t0) / 60
+                    if skip_nonfinite:
+                        host_metrics["skipped_steps"] = skipped
                     writer.write_scalars(step, host_metrics)
                     bar.set_postfix(
                         loss=f"{host_metrics.get('loss', float('nan')):.4f}",
                         img_s=f"{host_metrics['images_per_second']:.0f}",
                     )
                     window_start, window_steps = time.perf_counter(), 0
-                else:
-                    jax.block_until_ready(metrics)
                 train_seconds += time.perf_counter() - t0
                 bar.update(1)
                 if must_save:
@@ -279,6 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 paused = time.perf_counter()
                 if is_last:
                     break  # The final grid and evaluation follow the loop.
+                if max_seconds and train_seconds >= max_seconds:
+                    continue  # The time is up: the final grid and evaluation follow the loop.
                 if sample_every and step % sample_every == 0:
                     write_samples(step)
                 if (eval_every_steps and step % eval_every_steps == 0) or (

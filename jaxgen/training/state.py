@@ -80,3 +80,20 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
         )
     )
     return optax.chain(*chain)
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(model_config) -> jnp.dtype:
+    """The activation dtype asked for by ``config.model.dtype`` (parameters stay float32).
+
+    ``"bfloat16"`` is mixed precision: matmuls, convolutions and activations in bfloat16, with
+    float32 parameters, optimizer state, EMA, normalisation statistics, softmax and loss.
+    """
+    name = str(model_config.get("dtype", "float32"))
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(
+            f"model.dtype={name!r} is not supported; valid: {', '.join(COMPUTE_DTYPES)}"
+        )
+    return jnp.dtype(name)

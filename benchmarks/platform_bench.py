@@ -1,0 +1,227 @@
+"""Costs of the platform itself: the distributed path and checkpointing.
+
+    python benchmarks/platform_bench.py [--what=scaling,checkpoint] [--steps=20] [--json_out=F]
+
+scaling     the default DDPM config trained by the CLI on 1 device, on 2 fake CPU devices
+            (``--xla_force_host_platform_device_count=2``) and as 2 processes on localhost
+            (``jax.distributed``, gloo), same global batch; images/s of each (median over log
+            windows after the first, which holds the compile) and the ratios to 1 device. On a
+            2-core CPU the devices share the same cores, so the ratio is the overhead of the
+            sharded/distributed path, not a speed-up.
+checkpoint  save time (until on disk), size and restore time of the full training state of the
+            default and the cifar10 configs; and the step time of the default config with an
+            asynchronous save every 4 steps over the step time without saves, side by side in
+            one process (goal: <= 1.05).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parent
+sys.path.insert(0, str(_ROOT))  # Run from a checkout without installing jaxgen.
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+_WHAT = flags.DEFINE_list("what", ["scaling", "checkpoint"], "Which measurements.")
+_CONFIG = flags.DEFINE_string("config", "experiments/ddpm.py", "Config for the scaling runs.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Training steps per scaling run.")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+
+
+def _env(extra=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("XLA_FLAGS", None)
+    return {**env, **(extra or {})}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _images_per_second(workdir: Path) -> float:
+    rates = [
+        r["images_per_second"]
+        for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+        if "images_per_second" in r
+    ]
+    if len(rates) < 2:
+        raise RuntimeError(f"too few log windows in {workdir}: raise --steps")
+    return statistics.median(rates[1:])  # The first window includes compilation.
+
+
+def scaling_run(kind: str, steps: int, root: Path) -> float:
+    """Trains ``steps`` steps one way and returns its images/s."""
+    workdir = root / kind
+    args = [
+        sys.executable, "-m", "jaxgen.main", f"--config={_CONFIG.value}", f"--workdir={workdir}",
+        f"--config.train.steps={steps}", "--config.train.log_every=4",
+        "--config.train.checkpoint_every=100000", "--config.sample.every_steps=0",
+        "--config.eval.every_minutes=0", "--config.train.max_minutes=0",
+    ]  # fmt: skip
+    if kind == "2 processes":
+        port = _free_port()
+        cmds = [
+            args + [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                    f"--process_id={i}"]
+            for i in range(2)
+        ]  # fmt: skip
+        env = _env()
+    else:
+        cmds = [args]
+        n = 2 if kind == "2 devices" else 1
+        env = _env({"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"})
+    procs = [
+        subprocess.Popen(c, cwd=_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for c in cmds
+    ]
+    # Stop at the last step with SIGTERM (a clean, checkpointed exit) so that the final
+    # evaluation, which is not what is measured here, does not run.
+    metrics = workdir / "metrics.jsonl"
+    while True:
+        if any(p.poll() not in (None, 0) for p in procs):
+            raise RuntimeError(f"{kind} run failed:\n{procs[0].stderr.read().decode()[-3000:]}")
+        if metrics.exists() and f'"step": {steps},' in metrics.read_text():
+            break
+        time.sleep(0.5)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.communicate(timeout=600)
+    return _images_per_second(workdir)
+
+
+def scaling(steps: int) -> dict:
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("1 device", "2 devices", "2 processes"):
+            results[kind] = scaling_run(kind, steps, Path(tmp))
+            print(f"  {kind:<12} {results[kind]:7.1f} images/s", flush=True)
+    base = results["1 device"]
+    for kind in ("2 devices", "2 processes"):
+        print(f"  {kind} / 1 device: {results[kind] / base:.2f}")
+    return results
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _experiment(arg: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddpm_cfg", _ROOT / "experiments/ddpm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def checkpoint_cost() -> dict:
+    from jaxgen import data as data_lib
+    from jaxgen.pipelines import build_pipeline
+    from jaxgen.training import checkpoint as ckpt_lib
+    from jaxgen.training import loop
+    from jaxgen.training import mesh as mesh_lib
+
+    results = {}
+    for name in ("shapes", "cifar10"):
+        config = _experiment(name)
+        pipeline = build_pipeline(config)
+        mesh = mesh_lib.make_mesh(config)
+        # cifar10's source is TFDS; an example batch of the same shapes is all init needs.
+        source = data_lib.build_source(_experiment("shapes").data, "train")
+        state = loop.init_state(pipeline, config, mesh, source)
+        with tempfile.TemporaryDirectory() as tmp:
+            ck = ckpt_lib.Checkpointer(Path(tmp) / "ck", async_save=False)
+            t0 = time.perf_counter()
+            ck.save(1, state, {"data": None})
+            ck.wait()
+            save_s = time.perf_counter() - t0
+            size = _dir_size(Path(tmp) / "ck" / "1")
+            abstract = loop.abstract_state(pipeline, config, mesh, source)
+            t0 = time.perf_counter()
+            restored, _, _ = ck.restore(abstract)
+            jax.block_until_ready(restored)
+            restore_s = time.perf_counter() - t0
+            ck.close()
+        params = sum(x.size for x in jax.tree.leaves(state.params))
+        results[name] = dict(params=params, save_s=save_s, restore_s=restore_s, mib=size / 2**20)
+        print(
+            f"  {name:<8} {params / 1e6:5.1f}M params  state {size / 2**20:7.1f} MiB  "
+            f"save {save_s:5.2f} s  restore {restore_s:5.2f} s",
+            flush=True,
+        )
+    results["async_overhead"] = async_overhead()
+    return results
+
+
+def async_overhead(rounds: int = 3, steps: int = 8, every: int = 4) -> float:
+    """Median step time with an async save every ``every`` steps / without saves."""
+    from jaxgen import data as data_lib
+    from jaxgen.pipelines import build_pipeline
+    from jaxgen.training import checkpoint as ckpt_lib
+    from jaxgen.training import loop
+    from jaxgen.training import mesh as mesh_lib
+
+    config = _experiment("shapes")
+    pipeline = build_pipeline(config)
+    mesh = mesh_lib.make_mesh(config)
+    source = data_lib.build_source(config.data, "train")
+    state = loop.init_state(pipeline, config, mesh, source)
+    batch = mesh_lib.to_global(loop.example_batch(source, int(config.train.batch_size)), mesh)
+    step = jax.jit(pipeline.train_step, donate_argnums=(0,))
+    state, _ = step(state, batch, jax.random.key(0))
+    times = {"plain": [], "async": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = ckpt_lib.Checkpointer(Path(tmp) / "ck", max_to_keep=2, async_save=True)
+        n = 0
+        for _ in range(rounds):  # Interleaved, so a passing load hits both alike.
+            for mode in ("plain", "async"):
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    n += 1
+                    state, metrics = step(state, batch, jax.random.key(n))
+                    jax.block_until_ready(metrics)
+                    if mode == "async" and n % every == 0:
+                        ck.save(n, state, {"data": None})
+                ck.wait()  # Saves of this block finish inside it: their full cost is counted.
+                times[mode].append((time.perf_counter() - t0) / steps)
+        ck.close()
+        shutil.rmtree(Path(tmp) / "ck", ignore_errors=True)
+    ratio = statistics.median(times["async"]) / statistics.median(times["plain"])
+    print(
+        f"  step time with an async save every {every} steps / without: {ratio:.3f} (goal <= 1.05)"
+    )
+    return ratio
+
+
+def main(argv):
+    del argv
+    print(f"# {os.cpu_count()} CPU cores, jax {jax.__version__}", flush=True)
+    results = {}
+    if "scaling" in _WHAT.value:
+        print("scaling (default DDPM config, same global batch):", flush=True)
+        results["scaling"] = scaling(_STEPS.value)
+    if "checkpoint" in _WHAT.value:
+        print("checkpoint cost (full training state: params, Adam moments, EMA):", flush=True)
+        results["checkpoint"] = checkpoint_cost()
+    if _JSON_OUT.value:
+        Path(_JSON_OUT.value).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,69 @@
+"""Joining a multi-process run (``jax.distributed``) before any JAX computation.
+
+Every process runs the same command; they find each other through a coordinator:
+
+- explicitly, with ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or the
+  environment variables ``JAXGEN_COORDINATOR_ADDRESS``, ``JAXGEN_NUM_PROCESSES`` and
+  ``JAXGEN_PROCESS_ID``), e.g. several processes on one CPU machine or GPU hosts by hand;
+- automatically, with ``--distributed`` alone, where JAX detects the cluster itself (Cloud TPU
+  pod slices, SLURM, Open MPI).
+
+On the CPU backend the processes exchange gradients through gloo collectives.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+ENV_PREFIX = "JAXGEN_"
+
+
+def _from_env(name: str, value):
+    if value not in (None, "", -1):
+        return value
+    return os.environ.get(ENV_PREFIX + name.upper()) or None
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> bool:
+    """Initialises ``jax.distributed`` when asked to; returns whether it did.
+
+    Args:
+      coordinator_address: ``host:port`` of process 0's coordinator service.
+      num_processes: the number of processes in the run.
+      process_id: this process's index in ``[0, num_processes)``.
+      auto: initialise with JAX's cluster auto-detection (TPU pod slices, SLURM, Open MPI).
+
+    Raises:
+      ValueError: when only some of the three explicit settings are given, or they are invalid.
+    """
+    address = _from_env("coordinator_address", coordinator_address)
+    count = _from_env("num_processes", num_processes)
+    index = _from_env("process_id", process_id)
+    given = [v is not None for v in (address, count, index)]
+    if not any(given):
+        if auto:
+            jax.distributed.initialize()
+            return True
+        return False
+    if not all(given):
+        raise ValueError(
+            "A multi-process run needs all of coordinator_address, num_processes and process_id "
+            f"(flags or {ENV_PREFIX}* environment variables); got address={address!r}, "
+            f"num_processes={count!r}, process_id={index!r}."
+        )
+    count, index = int(count), int(index)
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"process_id={index} is not in [0, num_processes={count}).")
+    # CPU devices of different processes talk through gloo; GPU and TPU backends ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    logging.info("Joining a %d-process run at %s as process %d.", count, address, index)
+    jax.distributed.initialize(address, num_processes=count, process_id=index)
+    return True

@@ -1,0 +1,25 @@
+"""The benchmark scripts run (tiny settings) and print the numbers they promise."""
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO_ROOT, cli_env
+
+
+def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_ddpm.py", "--smoke", f"--json_out={out}"],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for key in ("train_images_per_s", "mfu_vs_matmul", "samples_per_minute", "step_tflop"):
+        assert results[key] > 0, (key, results[key])
+    assert results["dtype"] == "bfloat16"
+    assert "training images/s" in proc.stdout and "samples/minute" in proc.stdout
