@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,11 +39,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from common import MATMUL_N, Matmul, Trainer, flops_of, log, median, pause, timed  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxgen import data as data_lib  # noqa: E402
-from jaxgen.pipelines import build_pipeline  # noqa: E402
-from jaxgen.training import loop  # noqa: E402
 from jaxgen.training import mesh as mesh_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -67,8 +64,6 @@ _SAMPLE_BATCH = flags.DEFINE_integer(
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed sampler runs (median).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
-
-MATMUL_N = 2048
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -93,107 +88,6 @@ def machine() -> dict:
         "backend": jax.default_backend(),
         "device": f"{dev.device_kind} x{jax.device_count()}",
     }
-
-
-def flops_of(compiled) -> float:
-    """'flops' from XLA's cost analysis (a dict, or a list of dicts in some versions)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, dict):
-        cost = [cost]
-    return float(sum((c or {}).get("flops", 0.0) for c in cost or []))
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - t0
-
-
-def median(xs) -> float:
-    return statistics.median(xs) if xs else math.nan
-
-
-_T0 = time.perf_counter()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.perf_counter() - _T0:6.1f} s] {msg}", flush=True)
-
-
-def pause() -> None:
-    """Lets spinning worker threads of the previous contender go idle before the next block."""
-    time.sleep(0.05)
-
-
-class Matmul:
-    """A jitted float32 NxN matmul: the measured peak that FLOP rates are compared to."""
-
-    def __init__(self, n: int = MATMUL_N):
-        ka, kb = jax.random.split(jax.random.key(1))
-        self.a = jax.random.normal(ka, (n, n), jnp.float32)
-        self.b = jax.random.normal(kb, (n, n), jnp.float32)
-        self.fn = jax.jit(jnp.matmul)
-        self.flops = 2.0 * n**3
-        self.times: list[float] = []
-        for _ in range(2):
-            jax.block_until_ready(self.fn(self.a, self.b))
-
-    def run(self, reps: int = 5) -> None:
-        for _ in range(reps):
-            self.times.append(timed(lambda: self.fn(self.a, self.b)))
-
-    @property
-    def gflops(self) -> float:
-        return self.flops / median(self.times) / 1e9
-
-
-class Trainer:
-    """The loop's jitted, donated train step on one pipeline, timed step by step."""
-
-    def __init__(self, config, mesh, source, iterator):
-        self.pipeline = build_pipeline(config)
-        self.mesh = mesh
-        self.iterator = iterator
-        self.state = loop.init_state(self.pipeline, config, mesh, source)
-        self.rng = loop.root_rngs(config.seed)["train"]
-        self.batch_size = int(config.train.batch_size)
-        self.params = sum(x.size for x in jax.tree.leaves(self.state.params))
-        repl = mesh_lib.replicated(mesh)
-        state_sharding = jax.tree.map(lambda _: repl, self.state)
-        jitted = jax.jit(
-            self.pipeline.train_step, donate_argnums=(0,), out_shardings=(state_sharding, repl)
-        )
-        self.fixed_batch = self.next_batch()
-        t0 = time.perf_counter()
-        self.step_fn = jitted.lower(self.state, self.fixed_batch, self.rng).compile()
-        self.compile_s = time.perf_counter() - t0
-        self.flops = flops_of(self.step_fn)
-        self.step = 0
-        self.times = {"data": [], "fixed": []}
-
-    def next_batch(self):
-        return mesh_lib.to_global(next(self.iterator), self.mesh)
-
-    def _one(self, with_data: bool) -> float:
-        t0 = time.perf_counter()
-        batch = self.next_batch() if with_data else self.fixed_batch
-        self.state, metrics = self.step_fn(
-            self.state, batch, jax.random.fold_in(self.rng, self.step)
-        )
-        jax.block_until_ready((self.state, metrics))
-        self.step += 1
-        return time.perf_counter() - t0
-
-    def warmup(self, n: int) -> None:
-        for _ in range(n):
-            self._one(with_data=True)
-
-    def run(self, n: int, with_data: bool) -> None:
-        key = "data" if with_data else "fixed"
-        self.times[key] += [self._one(with_data) for _ in range(n)]
-
-    def img_s(self, key: str) -> float:
-        return self.batch_size / median(self.times[key])
 
 
 class SamplerBench:

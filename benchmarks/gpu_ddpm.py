@@ -43,12 +43,9 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSO
 
 
 def load_config(smoke: bool):
-    import importlib.util
+    from jaxgen.config import load_experiment
 
-    spec = importlib.util.spec_from_file_location("ddpm_cfg", _HERE.parent / "experiments/ddpm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("cifar10,smoke" if smoke else "cifar10")
+    return load_experiment("ddpm", "cifar10,smoke" if smoke else "cifar10")
 
 
 def flops_of(compiled) -> float:

@@ -26,7 +26,7 @@ flags.mark_flags_as_required(["config"])
 
 def _config_error(argv: list[str], error: Exception) -> str:
     """Explains a bad ``--config.*`` override, naming the valid keys at that level."""
-    import importlib.util
+    from jaxgen.config import load_experiment
 
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     message = str(error)
@@ -36,12 +36,8 @@ def _config_error(argv: list[str], error: Exception) -> str:
     bad = [a for a in argv if a.startswith("--config.")]
     if not path or not bad:
         return message
-    file, _, arg = path.partition(":")
     try:
-        spec = importlib.util.spec_from_file_location("_jaxgen_config", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config(arg or None)
+        config = load_experiment(path)
     except Exception:  # noqa: BLE001 (the config file itself is broken: report the original)
         return str(error)
     from jaxgen.api import resolve_key

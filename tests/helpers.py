@@ -41,13 +41,9 @@ def run_cli(
 
 def experiment_config(name: str, arg: str | None = None):
     """``get_config(arg)`` of ``experiments/<name>.py``."""
-    import importlib.util
+    from jaxgen.config import load_experiment
 
-    path = REPO_ROOT / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_experiment(name, arg)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -83,14 +79,14 @@ class SmokeRun:
     stderr: str
 
 
-def train_smoke(root: Path, *args: str) -> SmokeRun:
-    """Trains the smoke config (plus ``args``) into ``root/workdir`` once; later calls reuse it."""
+def train_smoke(root: Path, *args: str, config: str = SMOKE_CONFIG) -> SmokeRun:
+    """Trains a smoke config (plus ``args``) into ``root/workdir`` once; later calls reuse it."""
     workdir = root / "workdir"
     done = root / "result.json"
     if not done.exists():
         if workdir.exists():  # A half-written run from an interrupted attempt.
             shutil.rmtree(workdir)
-        proc = run_cli(SMOKE_CONFIG, f"--workdir={workdir}", *args, timeout=1200)
+        proc = run_cli(config, f"--workdir={workdir}", *args, timeout=1200)
         done.write_text(
             json.dumps(dict(returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr))
         )
@@ -98,12 +94,14 @@ def train_smoke(root: Path, *args: str) -> SmokeRun:
     return SmokeRun(workdir=workdir, **result)
 
 
-def shared_smoke_run(tmp_path_factory, name: str, *args: str) -> SmokeRun:
+def shared_smoke_run(
+    tmp_path_factory, name: str, *args: str, config: str = SMOKE_CONFIG
+) -> SmokeRun:
     """``train_smoke`` once per test session, shared by the pytest-xdist workers through a lock."""
     if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        return train_smoke(tmp_path_factory.mktemp(name), *args)
+        return train_smoke(tmp_path_factory.mktemp(name), *args, config=config)
     # Under pytest-xdist every worker has its own basetemp; their parent is shared by the run.
     root = tmp_path_factory.getbasetemp().parent / name
     root.mkdir(exist_ok=True)
     with file_lock(root / "lock"):
-        return train_smoke(root, *args)
+        return train_smoke(root, *args, config=config)

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -67,12 +66,6 @@ def wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, timeout: flo
 
 def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     os.kill(proc.pid, sig)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def smoke_args(workdir: Path, *extra: str) -> tuple[str, ...]:

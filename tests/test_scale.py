@@ -24,6 +24,7 @@ from jaxgen import data as data_lib
 from jaxgen.pipelines import build_pipeline
 from jaxgen.training import loop
 from jaxgen.training import mesh as mesh_lib
+from jaxgen.training.distributed import free_port
 
 MEAN_ATOL = 1e-6
 MAX_ATOL = 2e-3
@@ -68,7 +69,7 @@ def test_two_processes_train_like_one_and_restore_collectively(tmp_path, referen
     workdir = tmp_path / "mp"
 
     def launch(tag: str):
-        port = sh.free_port()
+        port = free_port()
         procs = [
             sh.start_cli(
                 *sh.smoke_args(workdir),

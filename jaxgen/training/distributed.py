@@ -14,6 +14,7 @@ On the CPU backend the processes exchange gradients through gloo collectives.
 from __future__ import annotations
 
 import os
+import socket
 
 import jax
 from absl import logging
@@ -67,3 +68,10 @@ def initialize(
     logging.info("Joining a %d-process run at %s as process %d.", count, address, index)
     jax.distributed.initialize(address, num_processes=count, process_id=index)
     return True
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free now (for a local coordinator in tests/benchmarks)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
