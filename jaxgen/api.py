@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from jaxgen.pipelines import build_pipeline
-from jaxgen.training import loop
+from jaxgen.training import loop, pretrain
 
 
 class TrainedModel:
@@ -27,6 +27,23 @@ class TrainedModel:
         if isinstance(prompts, str):
             prompts = [prompts]
         return self.pipeline.generate(self.state, list(prompts), jax.random.key(seed), **options)
+
+    def embed_texts(self, texts: Sequence[str] | str) -> np.ndarray:
+        """Unit-norm text embeddings ``[N, D]`` (pipelines with a joint embedding, e.g. CLIP)."""
+        return self._embedding_method("embed_texts")(self.state, texts)
+
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """Unit-norm image embeddings ``[N, D]`` of uint8 ``[N, H, W, 3]`` images."""
+        return self._embedding_method("embed_images")(self.state, images)
+
+    def _embedding_method(self, name: str):
+        method = getattr(self.pipeline, name, None)
+        if method is None:
+            raise TypeError(
+                f"A {self.config.pipeline!r} model does not embed texts or images; "
+                "train experiments/clip.py for that."
+            )
+        return method
 
     def evaluate(self) -> dict[str, float]:
         """Runs the pipeline's evaluators with the key the training loop uses at this step."""
@@ -67,6 +84,7 @@ def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
         # A run sharded over more devices than this process has loads into the largest
         # sharding that fits here (the values do not depend on the placement).
         config.mesh.fsdp = math.gcd(int(config.mesh.get("fsdp", 1)), jax.device_count())
+    config = pretrain.resolve(config, workdir)
     pipeline = build_pipeline(config)
     state, _, step = loop.restore_state(pipeline, config, workdir)
     return TrainedModel(config, pipeline, state, step, workdir)

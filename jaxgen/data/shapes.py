@@ -419,3 +419,60 @@ def stack(source: ShapesSource, indices: Sequence[int]) -> dict[str, np.ndarray]
     """Batches examples: {"image": uint8 [N, S, S, 3], "tokens": int32 [N, L]}."""
     items = [source[i] for i in indices]
     return {k: np.stack([it[k] for it in items]) for k in ("image", "tokens")}
+
+
+_MIRROR = {"right of": "left of", "below": "above"}
+
+
+def content_key(truth: dict) -> tuple:
+    """What a caption pins down about a scene, independent of wording and exact positions.
+
+    Two scenes with the same key satisfy the same captions: the objects' (colour, shape, size),
+    and for two objects the relation, with "b right of a" and "a left of b" (and "below" /
+    "above") identified. Used to count a retrieved item as a hit when its content equals the
+    query's even if it is another example.
+    """
+    objects = [(o["colour"], o["shape"], o["size"]) for o in truth["objects"]]
+    relation = truth.get("relation")
+    if relation in _MIRROR:
+        objects, relation = objects[::-1], _MIRROR[relation]
+    return (*objects, relation)
+
+
+def describe(objects: Sequence[dict], relation: str | None) -> str:
+    """One fixed phrasing of a scene: "a large red circle left of a small blue square"."""
+    phrases = [f"{o['size']} {o['colour']} {o['shape']}" for o in objects]
+    if relation is None:
+        return f"a {phrases[0]}"
+    return f"a {phrases[0]} {relation} a {phrases[1]}"
+
+
+def attribute_variants(truth: dict) -> dict[str, list[str]]:
+    """Captions that differ from the truth in one attribute alone, the truth's own first.
+
+    For each attribute ("colour", "shape", "size", and "relation" for two objects) the list holds
+    ``describe(truth)`` followed by every caption that changes that attribute of one object (or
+    the relation) and nothing else, all in the same phrasing, so that a zero-shot classifier
+    picks among them on the attribute only. In two-object scenes a colour is never swapped to the
+    other object's colour (the dataset never draws two objects of one colour).
+    """
+    objects = [dict(o) for o in truth["objects"]]
+    relation = truth.get("relation")
+    values = {"colour": COLOUR_NAMES, "shape": SHAPES, "size": SIZES}
+    out = {}
+    for attr, options in values.items():
+        captions = [describe(objects, relation)]
+        for k, obj in enumerate(objects):
+            taken = {o["colour"] for j, o in enumerate(objects) if j != k}
+            for value in options:
+                if value == obj[attr] or (attr == "colour" and value in taken):
+                    continue
+                changed = [dict(o) for o in objects]
+                changed[k][attr] = value
+                captions.append(describe(changed, relation))
+        out[attr] = captions
+    if relation is not None:
+        out["relation"] = [describe(objects, relation)] + [
+            describe(objects, r) for r in RELATIONS if r != relation
+        ]
+    return out

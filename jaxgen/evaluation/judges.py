@@ -45,6 +45,17 @@ class Judge:
         del images, truths
         return {}
 
+    def content_key(self, truth: dict):
+        """What the caption pins down (hashable); examples with equal keys match each other's
+        captions. Without ground truth, the caption itself."""
+        return truth["caption"]
+
+    def attribute_variants(self, truth: dict) -> dict[str, list[str]]:
+        """Per attribute, captions differing from the truth in that attribute alone, the true
+        one first (for zero-shot classification); none without ground truth."""
+        del truth
+        return {}
+
     def features(self, images: np.ndarray) -> np.ndarray | None:
         del images
         return None
@@ -65,6 +76,16 @@ class ShapesJudge(Judge):
 
         return shapes_judge.features(images)
 
+    def content_key(self, truth):
+        from jaxgen.data import shapes
+
+        return shapes.content_key(truth)
+
+    def attribute_variants(self, truth):
+        from jaxgen.data import shapes
+
+        return shapes.attribute_variants(truth)
+
 
 class DigitsClassifierJudge(Judge):
     """Accuracy of a classifier trained on the real digits."""
@@ -83,6 +104,17 @@ class DigitsClassifierJudge(Judge):
 
     def features(self, images):
         return self.classifier.features(images)
+
+    def content_key(self, truth):
+        return int(truth["label"])
+
+    def attribute_variants(self, truth):
+        from jaxgen.data.digits import caption_for
+
+        label = int(truth["label"])
+        return {
+            "digit": [caption_for(d, 0) for d in [label, *(d for d in range(10) if d != label)]]
+        }
 
 
 JUDGES = {"shapes": ShapesJudge, "digits": DigitsClassifierJudge}
@@ -103,6 +135,8 @@ def evaluate_generator(
     num_samples: int = 256,
     seed: int = 0,
     generate_options: dict | None = None,
+    embedder=None,
+    num_distractors: int = 99,
 ) -> dict[str, float]:
     """Generates images for each split's prompts and judges them.
 
@@ -115,9 +149,13 @@ def evaluate_generator(
       num_samples: prompts per split.
       seed: which prompts are drawn (fixed so evaluations over training are comparable).
       generate_options: keyword arguments for ``generate`` (e.g. fewer sampler steps).
+      embedder: a trained CLIP (``clip_metrics.load_embedder``) for CLIP score and R-precision;
+        None skips them.
+      num_distractors: captions of other contents each image's caption is ranked against.
 
     Returns:
-      ``{"<split>/<metric>": value, "<split>/frechet": value}``.
+      ``{"<split>/<metric>": value, "<split>/frechet": value}``, plus ``"<split>/clip_score"``
+      and ``"<split>/r_precision"`` with an embedder.
     """
     import jax
 
@@ -132,4 +170,19 @@ def evaluate_generator(
         fake_feats = judge.features(images)
         if fake_feats is not None:
             results[f"{split}/frechet"] = float(frechet_distance(fake_feats, judge.features(real)))
+        if embedder is not None:
+            from jaxgen.evaluation import clip_metrics
+
+            pool, pool_truths, _ = judge.prompts(split, max(4 * num_samples, 256), seed=seed + 1)
+            found = clip_metrics.generated_image_metrics(
+                embedder,
+                images,
+                captions,
+                [judge.content_key(t) for t in truths],
+                pool,
+                [judge.content_key(t) for t in pool_truths],
+                num_distractors=num_distractors,
+                seed=seed,
+            )
+            results.update({f"{split}/{k}": v for k, v in found.items()})
     return results

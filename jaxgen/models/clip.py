@@ -1,0 +1,137 @@
+"""CLIP-style dual encoder (Radford et al. 2021): texts and images in one normalised space.
+
+The text tower is the byte-level ``TextEncoder`` the diffusion models use (so a trained CLIP text
+tower can initialise theirs); its pooled state is projected. The image tower is a small conv net
+whose final feature map is flattened, not averaged, before the projection: spatial relations
+("a circle left of a square") must survive into the embedding, and global average pooling would
+throw away where things are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.models.layers import Dtype, conv3x3, dense
+from jaxgen.models.text_encoder import TextEncoder
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """``x / max(||x||, eps)`` over the last axis, computed in float32."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+class ImageEncoder(nn.Module):
+    """Conv tower: per stage two 3x3 convs (the first strided 2 after stage 0), GELU, LayerNorm.
+
+    Attributes:
+      patch_size: fold ``p x p`` pixel patches into channels first (space-to-depth, lossless):
+        the tower then runs at ``H / p``, ``p ** 2`` times cheaper at the first stage.
+      widths: channels per stage; the resolution halves after every stage but the first.
+      out_dim: width of the returned feature vector.
+      dtype: compute dtype (parameters stay float32).
+    """
+
+    widths: Sequence[int] = (32, 64, 128)
+    out_dim: int = 256
+    patch_size: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """Encodes images.
+
+        Args:
+          images: float ``[B, H, W, 3]`` in [-1, 1].
+
+        Returns:
+          ``[B, out_dim]`` float32 features (before the joint-space projection).
+        """
+        x = images.astype(self.dtype)
+        p = self.patch_size
+        if p > 1:
+            b, h, w, c = x.shape
+            if h % p or w % p:
+                raise ValueError(f"image size {h}x{w} is not a multiple of patch_size {p}")
+            x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+            x = x.reshape(b, h // p, w // p, p * p * c)
+        for i, width in enumerate(self.widths):
+            x = conv3x3(width, self.dtype, strides=1 if i == 0 else 2, name=f"conv{i}_a")(x)
+            x = nn.gelu(x)
+            x = conv3x3(width, self.dtype, name=f"conv{i}_b")(x)
+            x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name=f"ln{i}")(x))
+        x = x.reshape(x.shape[0], -1)  # flatten keeps position: relations live there
+        x = nn.gelu(dense(self.out_dim, self.dtype, name="fc")(x))
+        return nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x)
+
+
+class TextTower(nn.Module):
+    """Byte-level ``TextEncoder``, its pooled state projected to ``embed_dim`` and normalised.
+
+    Parameters: ``encoder`` (a ``TextEncoder``, shaped like the diffusion models' text encoders)
+    and ``proj``. Other pipelines load a trained CLIP's ``params["text"]`` into this module.
+    """
+
+    embed_dim: int = 128
+    text: dict | None = None
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+        """int32 tokens ``[B, L]`` -> unit vectors ``[B, embed_dim]`` (float32)."""
+        encoder = TextEncoder(**{"dtype": self.dtype, **(self.text or {})}, name="encoder")
+        _, pooled, _ = encoder(tokens, train=train)
+        proj = nn.Dense(self.embed_dim, use_bias=False, name="proj")
+        return l2_normalize(proj(pooled.astype(jnp.float32)))
+
+
+class CLIP(nn.Module):
+    """Text and image towers projected to ``embed_dim`` unit vectors, and a learned temperature.
+
+    Parameters: ``text`` (a ``TextTower``), ``image`` (an ``ImageEncoder``), ``image_proj`` and
+    ``logit_scale`` (``log(1 / temperature)``).
+
+    Attributes:
+      embed_dim: joint embedding width.
+      text: keyword arguments of ``TextEncoder`` (width, depth, num_heads, max_len ...).
+      image_widths: channels per stage of the ``ImageEncoder``.
+      image_dim: width of the image tower's feature vector.
+      image_patch_size: space-to-depth factor at the image tower's input.
+      init_temperature: initial softmax temperature (CLIP: 0.07).
+      dtype: compute dtype of both towers.
+    """
+
+    embed_dim: int = 128
+    text: dict | None = None
+    image_widths: Sequence[int] = (32, 64, 128)
+    image_dim: int = 256
+    image_patch_size: int = 1
+    init_temperature: float = 0.07
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.text_tower = TextTower(self.embed_dim, self.text, self.dtype, name="text")
+        self.image_encoder = ImageEncoder(
+            self.image_widths, self.image_dim, self.image_patch_size, self.dtype, name="image"
+        )
+        self.image_proj = nn.Dense(self.embed_dim, use_bias=False, name="image_proj")
+        self.logit_scale = self.param(
+            "logit_scale", nn.initializers.constant(np.log(1.0 / self.init_temperature)), ()
+        )
+
+    def embed_text(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+        """int32 tokens ``[B, L]`` -> unit vectors ``[B, embed_dim]`` (float32)."""
+        return self.text_tower(tokens, train)
+
+    def embed_image(self, images: jax.Array) -> jax.Array:
+        """float images ``[B, H, W, 3]`` in [-1, 1] -> unit vectors ``[B, embed_dim]``."""
+        return l2_normalize(self.image_proj(self.image_encoder(images)))
+
+    def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False):
+        """Returns ``(image_emb [B, D], text_emb [B, D], logit_scale [])``."""
+        return self.embed_image(images), self.embed_text(tokens, train), self.logit_scale

@@ -1,0 +1,255 @@
+"""CLIP-style contrastive pre-training of a text and an image encoder (Radford et al. 2021).
+
+Other pipelines use a trained CLIP workdir by path: to score generated images (CLIP score,
+R-precision, ``jaxgen.evaluation.clip_metrics``) and to initialise their text encoder
+(``config.model.text_init`` of DDPM). ``generate`` is text-to-image retrieval: for each prompt
+the best-matching image of a gallery of real test images.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgen.data import tokenizer
+from jaxgen.evaluation import clip_metrics, judges
+from jaxgen.models.clip import CLIP
+from jaxgen.pipelines.base import Pipeline
+from jaxgen.pipelines.ddpm import to_model_space
+from jaxgen.training import state as state_lib
+
+# CLIP clips the learned logit scale at 100 so the temperature cannot collapse.
+MAX_LOGIT_SCALE = float(np.log(100.0))
+
+
+def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array):
+    """Symmetric InfoNCE: the mean of image->text and text->image cross-entropies.
+
+    Args:
+      image_emb, text_emb: unit vectors ``[B, D]``; row i of each is a matching pair.
+      logit_scale: ``log(1 / temperature)`` (clipped at log 100).
+
+    Returns:
+      ``(loss, logits [B, B])`` with ``logits[i, j] = exp(logit_scale) * <image_i, text_j>``.
+    """
+    scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
+    logits = scale * image_emb @ text_emb.T
+    labels = jnp.arange(logits.shape[0])
+    i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    return 0.5 * (i2t + t2i), logits
+
+
+class CLIPPipeline(Pipeline):
+    """State: ``params["clip"]`` (both towers and the temperature), AdamW state and an EMA."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        mc = config.model
+        self.max_text_len = int(config.data.max_text_len)
+        self.model = CLIP(
+            embed_dim=int(mc.embed_dim),
+            text={**mc.text.to_dict(), "max_len": self.max_text_len},
+            image_widths=tuple(mc.image_widths),
+            image_dim=int(mc.image_dim),
+            image_patch_size=int(mc.get("image_patch_size", 1)),
+            init_temperature=float(mc.init_temperature),
+            dtype=state_lib.compute_dtype(mc),
+        )
+        self.tx = state_lib.make_optimizer(config.train)
+        self.learning_rate = state_lib.make_learning_rate(config.train)
+        self._judge = None
+        self._gallery = None
+
+    # -- training -------------------------------------------------------------------------
+    def init(self, rng, example_batch):
+        x = to_model_space(jnp.asarray(example_batch["image"]))
+        tokens = jnp.asarray(example_batch["tokens"])
+        params = self.model.init(rng, x, tokens)["params"]
+        return state_lib.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params={"clip": params},
+            opt_state={"clip": self.tx.init(params)},
+            ema_params={"clip": params},
+        )
+
+    def train_step(self, state, batch, rng):
+        x = to_model_space(batch["image"])
+
+        def loss_fn(params):
+            img, txt, scale = self.model.apply(
+                {"params": params}, x, batch["tokens"], train=True, rngs={"dropout": rng}
+            )
+            loss, logits = contrastive_loss(img, txt, scale)
+            return loss, logits
+
+        params = state.params["clip"]
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = self.tx.update(grads, state.opt_state["clip"], params)
+        params = jax.tree.map(jnp.add, params, updates)
+        decay = state_lib.ema_decay_at(state.step, float(self.config.train.ema_decay))
+        ema = state_lib.ema_update(state.ema_params["clip"], params, decay)
+        labels = jnp.arange(logits.shape[0])
+        metrics = {
+            "loss": loss,
+            "batch_i2t_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
+            "batch_t2i_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
+            "temperature": jnp.exp(-jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)),
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": self.learning_rate(state.step),
+        }
+        new_state = state.replace(
+            step=state.step + 1,
+            params={"clip": params},
+            opt_state={"clip": opt_state},
+            ema_params={"clip": ema},
+        )
+        return new_state, metrics
+
+    # -- embedding ------------------------------------------------------------------------
+    def _params(self, state):
+        return (state.ema_params or state.params)["clip"]
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _embed_text(self, params, tokens):
+        return self.model.apply({"params": params}, tokens, method=CLIP.embed_text)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _embed_image(self, params, images):
+        return self.model.apply({"params": params}, to_model_space(images), method=CLIP.embed_image)
+
+    def _chunked(self, fn, params, inputs: np.ndarray) -> np.ndarray:
+        """Applies ``fn`` in fixed-size chunks (the last one padded): one compile per shape."""
+        chunk = int(self.config.eval.get("batch_size", 256))
+        n = len(inputs)
+        if n == 0:
+            raise ValueError("Nothing to embed: got an empty batch.")
+        padded = -(-n // chunk) * chunk
+        inputs = np.concatenate([inputs, np.repeat(inputs[-1:], padded - n, axis=0)])
+        out = [np.asarray(fn(params, inputs[i : i + chunk])) for i in range(0, padded, chunk)]
+        return np.concatenate(out)[:n]
+
+    def embed_texts(self, state, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm text embeddings ``[N, D]`` (float32) with the EMA parameters."""
+        if isinstance(texts, str):
+            texts = [texts]
+        for t in texts:
+            tokenizer.validate_prompt(t, self.max_text_len)
+        tokens = tokenizer.encode_batch(list(texts), self.max_text_len)
+        return self._chunked(self._embed_text, self._params(state), tokens)
+
+    def embed_images(self, state, images: np.ndarray) -> np.ndarray:
+        """Unit-norm image embeddings ``[N, D]`` of uint8 images ``[N, S, S, 3]``."""
+        images = np.asarray(images)
+        size = int(self.config.data.image_size)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(
+                f"embed_images takes uint8 [N, {size}, {size}, 3] images, got "
+                f"{images.dtype} {list(images.shape)}."
+            )
+        return self._chunked(self._embed_image, self._params(state), images)
+
+    # -- generation (retrieval) -----------------------------------------------------------
+    def gallery(self) -> np.ndarray:
+        """The real test images ``generate`` retrieves from (``sample.gallery_size`` of them)."""
+        if self._gallery is None:
+            n = int(self.config.sample.get("gallery_size", 512))
+            self._gallery = self.judge.prompts("test", n, seed=2)[2]
+        return self._gallery
+
+    def generate(self, state, prompts, rng, **options):
+        """Text-to-image retrieval: per prompt, the gallery image with the highest similarity.
+
+        ``rng`` and ``options`` are unused (retrieval is deterministic); they are accepted so the
+        loop and the CLI treat CLIP like every other pipeline.
+        """
+        del rng, options
+        gallery = self.gallery()
+        sim = self.embed_texts(state, prompts) @ self.embed_images(state, gallery).T
+        return gallery[np.argmax(sim, axis=1)]
+
+    # -- evaluation -----------------------------------------------------------------------
+    @property
+    def judge(self):
+        if self._judge is None:
+            self._judge = judges.build_judge(self.config.data)
+        return self._judge
+
+    def default_prompts(self, n):
+        return self.judge.prompts("test", n, seed=1)[0]
+
+    def evaluate_embeddings(self, state, rng=None) -> dict[str, float]:
+        """Retrieval recall@1/@5 both ways and zero-shot accuracy per attribute, per split."""
+        del rng
+        ec = self.config.eval
+        results = {}
+        for split in tuple(ec.splits):
+            captions, truths, images = self.judge.prompts(split, int(ec.num_samples), seed=0)
+            keys = [self.judge.content_key(t) for t in truths]
+            img = self.embed_images(state, images)
+            txt = self.embed_texts(state, captions)
+            sim = txt @ img.T
+            for k, v in clip_metrics.recall_at_k(sim, keys, keys, (1, 5)).items():
+                results[f"{split}/t2i_recall@{k}"] = v
+            for k, v in clip_metrics.recall_at_k(sim.T, keys, keys, (1, 5)).items():
+                results[f"{split}/i2t_recall@{k}"] = v
+            variants = [self.judge.attribute_variants(t) for t in truths]
+            for attr in sorted({a for v in variants for a in v}):
+                rows = [i for i, v in enumerate(variants) if attr in v]
+                flat = [c for i in rows for c in variants[i][attr]]
+                emb = self.embed_texts(state, flat)
+                bounds = np.cumsum([0] + [len(variants[i][attr]) for i in rows])
+                cands = [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+                results[f"{split}/zero_shot_{attr}"] = clip_metrics.zero_shot_accuracy(
+                    img[rows], cands
+                )
+        return results
+
+    def evaluators(self):
+        return [self.evaluate_embeddings]
+
+
+def load_text_tower(workdir: str) -> tuple[dict, object]:
+    """The (EMA) parameters of a trained CLIP's ``TextTower`` and the CLIP run's config.
+
+    Args:
+      workdir: a directory written by training ``experiments/clip.py``.
+
+    Returns:
+      ``(params, config)``: numpy parameters ``{"encoder": ..., "proj": ...}`` for
+      ``jaxgen.models.clip.TextTower``, and the CLIP config (for its text settings).
+    """
+    from jaxgen import api
+
+    model = api.load(workdir)
+    if model.config.pipeline != "clip":
+        raise ValueError(
+            f"{workdir} holds a {model.config.pipeline!r} run; a text encoder can only be "
+            "loaded from a CLIP run (experiments/clip.py)."
+        )
+    return jax.device_get(model.state.ema_params["clip"]["text"]), model.config
+
+
+def load_text_encoder(workdir: str, like=None):
+    """The (EMA) ``TextEncoder`` parameters of a trained CLIP workdir, as numpy arrays.
+
+    Args:
+      workdir: a directory written by training ``experiments/clip.py``.
+      like: optional parameter tree the result must match (structure and shapes), e.g. the
+        text encoder of a DDPM UNet; a mismatch is a ValueError naming the CLIP's settings.
+    """
+    params, config = load_text_tower(workdir)
+    params = params["encoder"]
+    if like is not None and jax.tree.map(np.shape, like) != jax.tree.map(np.shape, params):
+        raise ValueError(
+            f"The text encoder of {workdir} (model.text={config.model.text.to_dict()}, "
+            f"data.max_text_len={config.data.max_text_len}) does not have the shape this "
+            "model's model.text and data.max_text_len ask for; train CLIP with the same text "
+            "settings."
+        )
+    return params
