@@ -50,6 +50,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     config.model.text = ml_collections.ConfigDict(dict(width=128, depth=2, num_heads=4))
+    # The text encoder starts from a CLIP run's (experiments/clip.py, same text settings) and
+    # stays frozen: "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip
+    # first (~10 minutes on a 2-core CPU); a path reuses a trained CLIP workdir; "" trains the
+    # text encoder from scratch with the UNet. Measured on shapes, 450 steps on one core each:
+    # test colour 0.84 / shape 0.22 / relation 0.26 with the frozen CLIP text encoder against
+    # 0.57 / 0.12 / 0.09 from scratch.
+    config.model.text_init = "pretrain:clip"
+    config.model.freeze_text = True
+    config.pretrain = ml_collections.ConfigDict({"clip": "clip"})
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "cosine"
@@ -68,10 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
 
     config.train = ml_collections.ConfigDict()
-    # Sized for ~1.25 s/step on a 2-core CPU (measured), so that the cosine decay ends near the
-    # hour; max_minutes caps training there on a slower machine. Batch 32 takes twice the
-    # updates of batch 64 for the same images, which this compute-starved regime needs.
-    config.train.steps = 2700
+    # Sized for ~1.25 s/step on a 2-core CPU (measured), so that the cosine decay ends near 50
+    # minutes, which with the 10 minutes of CLIP pretraining make the hour; max_minutes caps
+    # training there on a slower machine. Batch 32 takes twice the updates of batch 64 for the
+    # same images, which this compute-starved regime needs.
+    config.train.steps = 2400
     config.train.batch_size = 32
     config.train.learning_rate = 1e-3
     config.train.warmup_steps = 100
@@ -80,7 +90,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.grad_clip = 1.0
     config.train.weight_decay = 0.0
     config.train.ema_decay = 0.999
-    config.train.max_minutes = 60.0
+    config.train.max_minutes = 50.0
     config.train.log_every = 50
     config.train.checkpoint_every = 500
     config.train.keep_checkpoints = 3
@@ -105,8 +115,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.num_steps = 25
     config.eval.every_minutes = 20.0
     config.eval.every_steps = 0
+    # A trained CLIP workdir (or "pretrain:clip"): adds CLIP score and R-precision of the samples.
+    config.eval.clip_workdir = "pretrain:clip"
 
+    if dataset != "shapes" or smoke:
+        # Measured without CLIP (digits meets its goal without); the pretraining entry stays
+        # available: --config.model.text_init=pretrain:clip --config.eval.clip_workdir=...
+        config.model.text_init = config.eval.clip_workdir = ""
+        config.model.freeze_text = False
     if dataset == "digits":
+        config.pretrain.clip = "clip:digits"
         # The digits are 8x8 originals: 16x16 loses nothing and costs a quarter of 32x32.
         config.data.image_size = 16
         config.train.steps = 1000
@@ -135,6 +153,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             )
         )
         config.model.dtype = "bfloat16"
+        config.pretrain = ml_collections.ConfigDict()
         config.diffusion.schedule = "linear"
         config.diffusion.prediction_type = "eps"
         config.diffusion.loss_weighting = "simple"
@@ -152,6 +171,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.every_steps = 50_000
 
     if smoke:
+        if "clip" in config.pretrain:
+            spec = config.pretrain.clip
+            config.pretrain.clip = spec + (",smoke" if ":" in spec else ":smoke")
         config.model.unet.ch = 16
         config.model.unet.ch_mults = (1, 2)
         config.model.unet.num_res_blocks = 1

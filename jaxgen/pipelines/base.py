@@ -41,6 +41,11 @@ class Pipeline(abc.ABC):
     def generate(self, state: Any, prompts: Sequence[str], rng: jax.Array, **options) -> np.ndarray:
         """Samples one image per prompt. Returns uint8 ``[len(prompts), H, W, 3]``."""
 
+    def warm_start(self, state: Any) -> Any:
+        """Called once on a fresh run (not on resume) to load pretrained weights into the new
+        state, e.g. a CLIP text encoder; returns the state unchanged by default."""
+        return state
+
     def evaluators(self) -> list[Evaluator]:
         """Judges run during training and by ``--mode=eval``; empty by default."""
         return []

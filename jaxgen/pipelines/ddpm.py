@@ -27,6 +27,15 @@ def to_uint8(images: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
+def _with_frozen(loss_fn, name):
+    """``loss_fn`` with ``params[name]`` behind a stop-gradient (its gradient is zero)."""
+
+    def frozen(params):
+        return loss_fn({**params, name: jax.lax.stop_gradient(params[name])})
+
+    return frozen
+
+
 class DDPMPipeline(Pipeline):
     """A UNet denoiser conditioned on a byte-level text encoder.
 
@@ -61,7 +70,14 @@ class DDPMPipeline(Pipeline):
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
         self.empty_tokens = jnp.asarray(tokenizer.encode("", self.max_text_len))
+        self.text_init = str(mc.get("text_init", "") or "")
+        self.freeze_text = bool(mc.get("freeze_text", False))
+        if (self.text_init or self.freeze_text) and not self.conditional:
+            raise ValueError(
+                "model.text_init / model.freeze_text need a text encoder (model.text)."
+            )
         self._judge = None
+        self._clip = None
 
     # -- training -------------------------------------------------------------------------
     def init(self, rng, example_batch):
@@ -75,6 +91,16 @@ class DDPMPipeline(Pipeline):
             opt_state={"unet": self.tx.init(params)},
             ema_params={"unet": params},
         )
+
+    def warm_start(self, state):
+        """Loads the text encoder of the CLIP run at ``model.text_init`` (if set)."""
+        if not self.text_init:
+            return state
+        from jaxgen.pipelines.clip import load_text_encoder
+
+        params = dict(state.params["unet"])
+        params["text_encoder"] = load_text_encoder(self.text_init, like=params["text_encoder"])
+        return state.replace(params={"unet": params}, ema_params={"unet": params})
 
     def train_step(self, state, batch, rng):
         dc, tc = self.config.diffusion, self.config.train
@@ -105,6 +131,9 @@ class DDPMPipeline(Pipeline):
             return loss
 
         params = state.params["unet"]
+        if self.freeze_text:
+            # A pretrained (CLIP) text encoder stays as it is: no gradient, so Adam leaves it.
+            loss_fn = _with_frozen(loss_fn, "text_encoder")
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = self.tx.update(grads, state.opt_state["unet"], params)
         params = jax.tree.map(jnp.add, params, updates)
@@ -230,6 +259,16 @@ class DDPMPipeline(Pipeline):
             self._judge = judges.build_judge(self.config.data)
         return self._judge
 
+    @property
+    def clip_embedder(self):
+        """The CLIP run at ``eval.clip_workdir`` (loaded once), or None."""
+        path = str(self.config.eval.get("clip_workdir", "") or "")
+        if path and self._clip is None:
+            from jaxgen.evaluation.clip_metrics import load_embedder
+
+            self._clip = load_embedder(path)
+        return self._clip
+
     def default_prompts(self, n):
         return self.judge.prompts("test", n, seed=1)[0]
 
@@ -245,5 +284,6 @@ class DDPMPipeline(Pipeline):
                 splits=tuple(ec.splits),
                 num_samples=int(ec.num_samples),
                 generate_options={"num_steps": int(ec.get("num_steps", 0) or 0) or None},
+                embedder=self.clip_embedder,
             )
         ]

@@ -25,6 +25,7 @@ from jaxgen.pipelines import build_pipeline
 from jaxgen.training import checkpoint as ckpt_lib
 from jaxgen.training import images as images_lib
 from jaxgen.training import mesh as mesh_lib
+from jaxgen.training import pretrain
 from jaxgen.training.metrics import MetricWriter
 
 
@@ -203,13 +204,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains (or resumes) the experiment in ``workdir`` and returns the final evaluation."""
     # Validate everything cheap before touching the workdir.
     validate_train_config(config.train)
-    pipeline = build_pipeline(config)
+    build_pipeline(config)  # validates the pipeline's settings before any pretraining
     mesh = mesh_lib.make_mesh(config)
     tc = config.train
     mesh_lib.check_batch_size(tc.batch_size, mesh)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir)
+    save_config(config, workdir)  # as given: "pretrain:<name>" references stay relative
+    config = pretrain.resolve(config, workdir, train=True)
+    pipeline = build_pipeline(config)
     rngs = root_rngs(config.seed)
 
     source = data_lib.build_source(config.data, "train") if pipeline.needs_data else None
@@ -228,6 +231,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     start_step, train_seconds, skipped = 0, 0.0, 0
     if checkpointer.latest_step() is None:
         state = init_state(pipeline, config, mesh, source)
+        warm = pipeline.warm_start(state)
+        if warm is not state:
+            # Copies (may_alias=False): warm_start may put one array in several leaves (params
+            # and EMA), and the step donates every leaf.
+            shardings = jax.tree.map(lambda x: x.sharding, state)
+            state = jax.device_put(warm, shardings, may_alias=False)
     else:
         state, meta, start_step = checkpointer.restore(
             abstract_state(pipeline, config, mesh, source), delete_unreadable=True
