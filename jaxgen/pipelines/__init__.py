@@ -6,7 +6,9 @@ from jaxgen.pipelines.base import Pipeline
 
 # name -> "module:Class"; imported lazily so one family's dependencies never load for another.
 PIPELINES = {
+    "clip": "jaxgen.pipelines.clip:CLIPPipeline",
     "ddpm": "jaxgen.pipelines.ddpm:DDPMPipeline",
+    "gan_int_cls": "jaxgen.pipelines.gan_int_cls:GANINTCLSPipeline",
 }
 
 

@@ -1,0 +1,156 @@
+"""DCGAN generator, text-matching discriminator and inverse network of GAN-INT-CLS (Reed 2016).
+
+Layout as in the paper, at any power-of-two size >= 8: the text embedding is projected to
+``text_dim`` (128) by a dense layer with leaky ReLU; the generator concatenates it with the noise
+``z`` and upsamples from 4x4; the discriminator downsamples the image to 4x4, replicates the
+projected embedding over the 4x4 grid, concatenates it depth-wise and scores with a 1x1 conv and a
+4x4 conv. The generator's 3x3 convs are ``layers.Conv3x3`` (im2col on a CPU, where XLA's native
+convolution gradients are slow). No batch normalisation (its running statistics would add mutable
+state to every network): the generator uses GroupNorm, the discriminator LayerNorm over channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.models.layers import Dtype, conv3x3, num_groups_for
+
+
+def _levels(image_size: int) -> int:
+    """Number of 2x resampling steps between 4x4 and ``image_size``."""
+    levels = int(round(math.log2(image_size / 4)))
+    if image_size < 8 or 4 * 2**levels != image_size:
+        raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+    return levels
+
+
+def _conv(features: int, kernel: int, strides: int, dtype: Dtype, name: str) -> nn.Conv:
+    # DCGAN initialisation: N(0, 0.02).
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(strides, strides),
+        padding="SAME",
+        dtype=dtype,
+        kernel_init=nn.initializers.normal(0.02),
+        name=name,
+    )
+
+
+class TextProjection(nn.Module):
+    """``phi(t)`` -> dense(``features``) -> leaky ReLU(0.2), as in the paper."""
+
+    features: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, text_emb: jax.Array) -> jax.Array:
+        h = nn.Dense(self.features, dtype=self.dtype, name="dense")(text_emb)
+        return nn.leaky_relu(h, 0.2)
+
+
+class Generator(nn.Module):
+    """``G(z, phi(t))`` -> images in [-1, 1].
+
+    Attributes:
+      image_size: output side (power of two >= 8).
+      ch: channels at the output resolution; doubled per level down to 4x4 (capped at 8 * ch).
+      text_dim: width of the projected text embedding.
+      dtype: compute dtype.
+    """
+
+    image_size: int = 32
+    ch: int = 64
+    text_dim: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z: jax.Array, text_emb: jax.Array) -> jax.Array:
+        """Args: z ``[B, Z]``, text_emb ``[B, E]``. Returns ``[B, S, S, 3]`` float32."""
+        levels = _levels(self.image_size)
+        widths = [min(self.ch * 2 ** (levels - i), 8 * self.ch) for i in range(levels + 1)]
+        t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
+        h = jnp.concatenate([z.astype(self.dtype), t.astype(self.dtype)], axis=-1)
+        h = nn.Dense(16 * widths[0], dtype=self.dtype, name="fc")(h)
+        h = h.reshape(h.shape[0], 4, 4, widths[0])
+        for i in range(levels):
+            h = nn.GroupNorm(num_groups_for(widths[i], 32), dtype=self.dtype, name=f"norm{i}")(h)
+            h = nn.relu(h)
+            b, s, _, c = h.shape
+            h = jax.image.resize(h, (b, 2 * s, 2 * s, c), "nearest")
+            h = conv3x3(widths[i + 1], self.dtype, name=f"conv{i}")(h)
+        h = nn.relu(
+            nn.GroupNorm(num_groups_for(widths[-1], 32), dtype=self.dtype, name="norm_out")(h)
+        )
+        return jnp.tanh(conv3x3(3, self.dtype, name="to_rgb")(h).astype(jnp.float32))
+
+
+class _Downsampler(nn.Module):
+    """Strided 4x4 convs from the image down to 4x4, leaky ReLU, LayerNorm after the first."""
+
+    image_size: int = 32
+    ch: int = 64
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        levels = _levels(self.image_size)
+        h = images.astype(self.dtype)
+        for i in range(levels):
+            h = _conv(min(self.ch * 2**i, 8 * self.ch), 4, 2, self.dtype, f"conv{i}")(h)
+            if i > 0:
+                h = nn.LayerNorm(dtype=self.dtype, name=f"norm{i}")(h)
+            h = nn.leaky_relu(h, 0.2)
+        return h  # [B, 4, 4, C]
+
+
+class Discriminator(nn.Module):
+    """``D(x, phi(t))`` -> one logit per image (real and matching the text vs not).
+
+    Attributes:
+      image_size: input side (power of two >= 8).
+      ch: channels after the first downsampling, doubled per level (capped at 8 * ch).
+      text_dim: width of the projected text embedding replicated over the 4x4 grid.
+      dtype: compute dtype.
+    """
+
+    image_size: int = 32
+    ch: int = 64
+    text_dim: int = 128
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, text_emb: jax.Array) -> jax.Array:
+        """Args: images ``[B, S, S, 3]`` in [-1, 1], text_emb ``[B, E]``. Returns ``[B]``."""
+        h = _Downsampler(self.image_size, self.ch, self.dtype, name="down")(images)
+        t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
+        t = jnp.broadcast_to(t[:, None, None, :], (*h.shape[:3], t.shape[-1]))
+        h = jnp.concatenate([h, t.astype(h.dtype)], axis=-1)
+        h = _conv(h.shape[-1] // 2, 1, 1, self.dtype, "joint")(h)
+        h = nn.leaky_relu(nn.LayerNorm(dtype=self.dtype, name="norm_joint")(h), 0.2)
+        h = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype, name="score")(h)
+        return h.reshape(h.shape[0]).astype(jnp.float32)
+
+
+class InverseNetwork(nn.Module):
+    """``S(x)`` -> z: regresses the noise that generated an image (the paper's style encoder).
+
+    Attributes:
+      image_size: input side; ch: first-level channels; z_dim: output width.
+    """
+
+    image_size: int = 32
+    ch: int = 64
+    z_dim: int = 100
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """Args: images ``[B, S, S, 3]`` in [-1, 1]. Returns ``[B, z_dim]`` float32."""
+        h = _Downsampler(self.image_size, self.ch, self.dtype, name="down")(images)
+        h = nn.Dense(self.z_dim, dtype=self.dtype, name="fc")(h.reshape(h.shape[0], -1))
+        return h.astype(jnp.float32)
