@@ -33,3 +33,13 @@ def reference_workdir(tmp_path_factory):
     run = helpers.shared_smoke_run(tmp_path_factory, "scale_reference", *scale_helpers.RUN_ARGS)
     assert run.returncode == 0, f"reference training failed:\n{run.stderr[-4000:]}"
     return run.workdir
+
+
+@pytest.fixture(scope="session")
+def clip_smoke_workdir(tmp_path_factory):
+    """One CLI training of ``experiments/clip.py:smoke``, shared like ``smoke_run``."""
+    run = helpers.shared_smoke_run(
+        tmp_path_factory, "smoke_clip", config="--config=experiments/clip.py:smoke"
+    )
+    assert run.returncode == 0, f"CLIP smoke training failed:\n{run.stderr[-4000:]}"
+    return run.workdir

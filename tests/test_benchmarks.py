@@ -23,3 +23,23 @@ def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
         assert results[key] > 0, (key, results[key])
     assert results["dtype"] == "bfloat16"
     assert "training images/s" in proc.stdout and "samples/minute" in proc.stdout
+
+
+def test_train_speed_reports_every_config(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/train_speed.py", "--config=experiments/clip.py:smoke",
+         "--config=experiments/gan_int_cls.py:smoke,joint", "--steps=2",
+         f"--json_out={out}"],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["pipeline"] for r in rows] == ["clip", "gan_int_cls"]
+    for r in rows:
+        assert r["images_per_second"] > 0 and r["step_gflop"] > 0, r
+    assert "img/s" in proc.stdout and "matmul" in proc.stdout

@@ -1,6 +1,5 @@
 """The generic platform: registry, configs, optimiser/EMA, grids, checkpoints, judges glue."""
 
-import importlib.util
 from pathlib import Path
 
 import jax
@@ -11,6 +10,7 @@ import optax
 import pytest
 
 from jaxgen import data as data_lib
+from jaxgen.config import load_experiment
 from jaxgen.evaluation import judges
 from jaxgen.pipelines import PIPELINES, build_pipeline, get_pipeline_class
 from jaxgen.training import checkpoint as ckpt_lib
@@ -19,16 +19,9 @@ from jaxgen.training import images, mesh, state
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_experiment(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_registry_lists_valid_pipelines_on_unknown_name():
     assert get_pipeline_class("ddpm").__name__ == "DDPMPipeline"
-    with pytest.raises(ValueError, match="Valid pipelines: ddpm"):
+    with pytest.raises(ValueError, match="Valid pipelines: clip, ddpm"):
         get_pipeline_class("nope")
     assert set(PIPELINES) >= {"ddpm"}
 
@@ -37,7 +30,7 @@ def test_registry_lists_valid_pipelines_on_unknown_name():
     "arg", [None, "smoke", "digits", "digits,smoke", "cifar10", "cifar10,smoke"]
 )
 def test_ddpm_config_variants_build(arg):
-    config = load_experiment("ddpm").get_config(arg)
+    config = load_experiment("ddpm", arg)
     assert config.pipeline == "ddpm"
     if arg and "smoke" in arg:
         assert config.train.steps <= 50
@@ -50,7 +43,7 @@ def test_ddpm_config_variants_build(arg):
 
 def test_ddpm_config_rejects_unknown_variant():
     with pytest.raises(ValueError, match="valid: shapes, digits, cifar10"):
-        load_experiment("ddpm").get_config("nope")
+        load_experiment("ddpm", "nope")
 
 
 def test_unknown_dataset_names_valid_ones():
@@ -177,3 +170,28 @@ def test_evaluate_generator_scores_real_images_as_perfect():
         generate_black, judge, None, jax.random.key(0), splits=("test",), num_samples=64
     )
     assert res["test/colour"] == 0.0 and res["test/frechet"] > 1.0
+
+
+def test_pretrain_references_resolve_to_runs_inside_the_workdir(tmp_path):
+    import ml_collections
+
+    from jaxgen.training import checkpoint as ckpt_lib
+    from jaxgen.training import pretrain
+
+    config = ml_collections.ConfigDict(
+        {"pretrain": {"clip": "clip:smoke"}, "model": {"text_init": "pretrain:clip", "n": 3}}
+    )
+    assert pretrain.references(config) == {"clip"}
+    # Not trained and not asked to train: a clear error naming the run.
+    with pytest.raises(ckpt_lib.NoCheckpointError, match="'clip'"):
+        pretrain.resolve(config, tmp_path)
+    (tmp_path / "pretrain" / "clip" / "checkpoints").mkdir(parents=True)
+    resolved = pretrain.resolve(config, tmp_path)
+    assert resolved.model.text_init == str(tmp_path / "pretrain" / "clip")
+    assert config.model.text_init == "pretrain:clip"  # the input is left as it was
+    config.model.text_init = "pretrain:vqgan"
+    with pytest.raises(ValueError, match=r"\['vqgan'\].*defined: \['clip'\]"):
+        pretrain.resolve(config, tmp_path)
+    # No reference: the same config back, nothing trained.
+    config.model.text_init = ""
+    assert pretrain.resolve(config, tmp_path, train=True) is config

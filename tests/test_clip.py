@@ -1,0 +1,219 @@
+"""CLIP: the contrastive loss, the embedding metrics on constructed answers, the model's shapes,
+the shapes content keys and caption variants, and the pipeline end to end on a smoke run."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import run_cli
+
+from jaxgen.data import shapes
+from jaxgen.evaluation import clip_metrics
+from jaxgen.models.clip import CLIP, ImageEncoder
+from jaxgen.pipelines.clip import contrastive_loss
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# -- the loss, against a direct numpy computation -----------------------------------------------
+def test_contrastive_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    img, txt = _unit(rng.normal(size=(5, 7))), _unit(rng.normal(size=(5, 7)))
+    scale = np.log(1 / 0.07)
+    loss, logits = contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(scale))
+    s = np.exp(scale) * img @ txt.T
+
+    def xent_rows(m):  # -log softmax(m)[i, i] averaged over rows, with an explicit loop
+        return np.mean([np.log(np.exp(row).sum()) - row[i] for i, row in enumerate(m)])
+
+    np.testing.assert_allclose(logits, s, rtol=1e-5)
+    np.testing.assert_allclose(loss, 0.5 * (xent_rows(s) + xent_rows(s.T)), rtol=1e-5)
+
+
+def test_contrastive_loss_clips_the_logit_scale():
+    x = jnp.eye(3)
+    _, logits = contrastive_loss(x, x, jnp.asarray(10.0))  # exp(10) would be ~22026
+    np.testing.assert_allclose(np.diag(logits), 100.0, rtol=1e-5)
+
+
+def test_perfect_embeddings_have_low_loss():
+    x = jnp.eye(4)
+    loss, _ = contrastive_loss(x, x, jnp.asarray(np.log(100.0)))
+    assert float(loss) < 1e-3
+
+
+# -- metrics on constructed embeddings with known answers ---------------------------------------
+def test_recall_at_k_with_content_keys():
+    # 3 queries, 4 gallery items. Query 0's best match is item 2 (same key "a"): a hit at 1.
+    # Query 1 ("b") ranks 0, 2 ("a") above 1 ("b"): miss at 1, hit at 3.
+    # Query 2 ("c") has no item with its key: never a hit.
+    sim = np.array([[0.1, 0.0, 0.9, 0.2], [0.9, 0.1, 0.8, 0.0], [0.5, 0.4, 0.3, 0.2]], np.float32)
+    rec = clip_metrics.recall_at_k(sim, ["a", "b", "c"], ["x", "b", "a", "a"], ks=(1, 2, 3))
+    assert rec == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3), 3: pytest.approx(2 / 3)}
+
+
+def test_recall_rejects_mismatched_keys():
+    with pytest.raises(ValueError, match="2 query"):
+        clip_metrics.recall_at_k(np.zeros((3, 3)), ["a", "b"], ["a", "b", "c"])
+
+
+def test_clip_score_and_r_precision_by_hand():
+    img = np.array([[1.0, 0.0], [0.0, 1.0]])
+    txt = np.array([[0.6, 0.8], [-1.0, 0.0]])  # cosines 0.6 and 0 -> scores 60 and 0
+    assert clip_metrics.clip_score(img, txt) == pytest.approx(30.0)
+    # Image 0: true 0.6 beats distractors (0.5, 0.0); image 1: true 0.0 loses to 0.3.
+    dis = np.array([[[0.5, 0.866], [0.0, 1.0]], [[0.0, 0.3], [1.0, 0.0]]])
+    assert clip_metrics.r_precision(img, txt, dis) == pytest.approx(0.5)
+
+
+def test_distractors_have_other_content():
+    keys = ["a", "b", "c", "a"]
+    idx = clip_metrics.distractor_indices(["a", "c"], keys, num=5, seed=0)
+    assert idx.shape == (2, 5)
+    assert all(keys[j] != "a" for j in idx[0]) and all(keys[j] != "c" for j in idx[1])
+    with pytest.raises(ValueError, match="other than"):
+        clip_metrics.distractor_indices(["a"], ["a", "a"], num=2)
+
+
+def test_zero_shot_accuracy_counts_ties_as_misses():
+    img = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    cands = [
+        np.array([[1.0, 0.0], [0.0, 1.0]]),  # true first: correct
+        np.array([[1.0, 0.0], [0.0, 1.0]]),  # the other wins: wrong
+        np.array([[1.0, 0.0], [1.0, 0.0]]),  # tie: wrong
+    ]
+    assert clip_metrics.zero_shot_accuracy(img, cands) == pytest.approx(1 / 3)
+
+
+# -- shapes content and caption variants --------------------------------------------------------
+def test_content_key_identifies_mirrored_relations():
+    a = {"colour": "red", "shape": "circle", "size": "small"}
+    b = {"colour": "blue", "shape": "square", "size": "large"}
+    left = {"objects": [a, b], "relation": "left of"}
+    right = {"objects": [b, a], "relation": "right of"}
+    assert shapes.content_key(left) == shapes.content_key(right)
+    assert shapes.content_key(left) != shapes.content_key(
+        {"objects": [b, a], "relation": "left of"}
+    )
+
+
+def test_attribute_variants_change_one_attribute():
+    truth = shapes.ShapesSource("test").truth(1)
+    while truth["relation"] is None:
+        truth = shapes.ShapesSource("test").truth(np.random.randint(100))
+    variants = shapes.attribute_variants(truth)
+    assert set(variants) == {"colour", "shape", "size", "relation"}
+    true = shapes.describe(truth["objects"], truth["relation"])
+    for attr, captions in variants.items():
+        assert captions[0] == true and len(set(captions)) == len(captions)
+        for c in captions[1:]:  # exactly one word differs (relations: the relation phrase)
+            if attr != "relation":
+                assert sum(x != y for x, y in zip(c.split(), true.split(), strict=True)) == 1
+    # 2 objects x (6 colours - own - other's) + 2 x 3 shapes + 2 x 1 size + 3 relations.
+    assert [len(variants[a]) for a in ("colour", "shape", "size", "relation")] == [9, 7, 3, 4]
+
+
+# -- the model ----------------------------------------------------------------------------------
+def test_clip_shapes_dtypes_and_unit_norm():
+    model = CLIP(
+        embed_dim=16,
+        text=dict(width=32, depth=1, num_heads=2, max_len=16),
+        image_widths=(8, 16),
+        image_dim=24,
+    )
+    images = jnp.zeros((3, 16, 16, 3))
+    tokens = jnp.ones((3, 16), jnp.int32)
+    variables = model.init(jax.random.key(0), images, tokens)
+    img, txt, scale = model.apply(variables, images + 0.5, tokens)
+    chex.assert_shape([img, txt], (3, 16))
+    chex.assert_type([img, txt], jnp.float32)
+    np.testing.assert_allclose(np.linalg.norm(img, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(scale, np.log(1 / 0.07), rtol=1e-6)
+
+
+def test_image_encoder_keeps_position():
+    # Flattening (not averaging) the last feature map: a shifted image embeds differently.
+    enc = ImageEncoder(widths=(4, 8), out_dim=8)
+    x = np.zeros((2, 16, 16, 3), np.float32)
+    x[0, 2:6, 2:6] = 1.0
+    x[1, 10:14, 10:14] = 1.0
+    variables = enc.init(jax.random.key(0), x)
+    out = enc.apply(variables, x)
+    chex.assert_shape(out, (2, 8))
+    assert np.abs(out[0] - out[1]).max() > 1e-3
+
+
+# -- the pipeline end to end --------------------------------------------------------------------
+@pytest.fixture
+def clip_workdir(clip_smoke_workdir):
+    return clip_smoke_workdir
+
+
+def test_clip_smoke_run_writes_its_evaluation(clip_workdir):
+    results = json.loads((clip_workdir / "eval.json").read_text())["results"]
+    for split in ("test", "heldout"):
+        for key in (
+            "t2i_recall@1",
+            "t2i_recall@5",
+            "i2t_recall@1",
+            "zero_shot_colour",
+            "zero_shot_shape",
+            "zero_shot_size",
+            "zero_shot_relation",
+        ):
+            assert 0.0 <= results[f"{split}/{key}"] <= 1.0
+        assert results[f"{split}/t2i_recall@5"] >= results[f"{split}/t2i_recall@1"]
+    assert list((clip_workdir / "samples").glob("*.png"))
+
+
+def test_clip_api_embeds_and_retrieves(clip_workdir):
+    import jaxgen
+
+    model = jaxgen.load(clip_workdir)
+    txt = model.embed_texts(["a large red circle", "a small blue square"])
+    img = model.embed_images(np.zeros((3, 16, 16, 3), np.uint8))
+    assert txt.shape == (2, 32) and img.shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=-1), 1.0, rtol=1e-5)
+    # Retrieval returns gallery images, each the best match of its prompt.
+    out = model.generate(["a large red circle"])
+    gallery = model.pipeline.gallery()
+    best = np.argmax(model.embed_texts(["a large red circle"]) @ model.embed_images(gallery).T)
+    np.testing.assert_array_equal(out[0], gallery[best])
+    with pytest.raises(ValueError, match="uint8"):
+        model.embed_images(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+def test_ddpm_takes_a_frozen_clip_text_encoder(clip_workdir, tmp_path):
+    import jaxgen
+    from jaxgen.pipelines.clip import load_text_encoder
+
+    workdir = tmp_path / "ddpm"
+    proc = run_cli(
+        "--config=experiments/ddpm.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.model.text_init={clip_workdir}",
+        "--config.model.freeze_text=True",
+        "--config.train.steps=4",
+        f"--config.eval.clip_workdir={clip_workdir}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = jaxgen.load(workdir).state.params["unet"]["text_encoder"]
+    chex.assert_trees_all_close(trained, load_text_encoder(clip_workdir), rtol=0, atol=0)
+    results = json.loads((workdir / "eval.json").read_text())["results"]
+    assert 0.0 <= results["test/r_precision"] <= 1.0 and results["test/clip_score"] >= 0.0
+
+
+def test_ddpm_rejects_a_clip_text_encoder_of_another_shape(clip_workdir, tmp_path):
+    proc = run_cli(
+        "--config=experiments/ddpm.py:smoke",
+        f"--workdir={tmp_path / 'ddpm'}",
+        f"--config.model.text_init={clip_workdir}",
+        "--config.model.text.width=64",
+    )
+    assert proc.returncode != 0 and "same text settings" in proc.stderr
