@@ -66,6 +66,8 @@ def scaling_run(kind: str, steps: int, root: Path) -> float:
         f"--config.train.steps={steps}", "--config.train.log_every=4",
         "--config.train.checkpoint_every=100000", "--config.sample.every_steps=0",
         "--config.eval.every_minutes=0", "--config.train.max_minutes=0",
+        # No CLIP pretraining: a frozen text encoder costs the same whether trained or not.
+        "--config.model.text_init=", "--config.eval.clip_workdir=",
     ]  # fmt: skip
     if kind == "2 processes":
         port = free_port()

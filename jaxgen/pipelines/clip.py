@@ -100,7 +100,7 @@ class CLIPPipeline(Pipeline):
             "batch_i2t_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
             "batch_t2i_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
             "temperature": jnp.exp(-jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": self.learning_rate(state.step),
         }
         new_state = state.replace(

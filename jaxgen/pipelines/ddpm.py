@@ -141,7 +141,7 @@ class DDPMPipeline(Pipeline):
         ema = state_lib.ema_update(state.ema_params["unet"], params, decay)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": self.learning_rate(state.step),
             "ema_decay": decay,
         }

@@ -234,8 +234,8 @@ class GANINTCLSPipeline(Pipeline):
             "d_real": jnp.mean(jax.nn.sigmoid(real)),
             "d_wrong": jnp.mean(jax.nn.sigmoid(wrong)),
             "d_fake": jnp.mean(jax.nn.sigmoid(fk)),
-            "g_grad_norm": optax.global_norm(g_grads),
-            "d_grad_norm": optax.global_norm(d_grads),
+            "g_grad_norm": optax.tree.norm(g_grads),
+            "d_grad_norm": optax.tree.norm(d_grads),
             "learning_rate": self.learning_rate(state.step),
         }
         new_state = state.replace(
