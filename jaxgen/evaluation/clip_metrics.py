@@ -14,6 +14,7 @@ query's own pair, and R-precision draws its distractor captions from other conte
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -152,6 +153,13 @@ def generated_image_metrics(
     }
 
 
+def embedder_for(config):
+    """The CLIP run at ``config.eval.clip_workdir`` as an embedder, or None when unset."""
+    path = str(config.get("eval", {}).get("clip_workdir", "") or "")
+    return load_embedder(path) if path else None
+
+
+@functools.lru_cache(maxsize=4)
 def load_embedder(workdir: str):
     """A trained CLIP workdir as an embedder (``embed_texts`` / ``embed_images``)."""
     from jaxgen import api

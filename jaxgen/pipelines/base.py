@@ -51,5 +51,34 @@ class Pipeline(abc.ABC):
         return []
 
     def default_prompts(self, n: int) -> list[str]:
-        """Prompts used for sample grids when the user gives none."""
-        raise NotImplementedError(f"{type(self).__name__} needs explicit prompts.")
+        """Prompts used for sample grids when the user gives none: captions of the test split."""
+        return self.judge.prompts("test", n, seed=1)[0]
+
+    # -- shared by the text-to-image families -------------------------------------------------
+    @property
+    def judge(self):
+        """The judge of ``config.data`` (prompts with ground truth, scores), built once."""
+        if getattr(self, "_judge", None) is None:
+            from jaxgen.evaluation import judges
+
+            self._judge = judges.build_judge(self.config.data)
+        return self._judge
+
+    @property
+    def clip_embedder(self):
+        """The trained CLIP at ``config.eval.clip_workdir`` (loaded once per path), or None."""
+        from jaxgen.evaluation import clip_metrics
+
+        return clip_metrics.embedder_for(self.config)
+
+    def tokenize(self, prompts: Sequence[str] | str) -> np.ndarray:
+        """Validates and byte-encodes prompts (``config.data.max_text_len``); raises
+        ``PromptError`` with a clear message for an empty, too long or non-text prompt."""
+        from jaxgen.data import tokenizer
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        max_len = int(self.config.data.max_text_len)
+        for p in prompts:
+            tokenizer.validate_prompt(p, max_len)
+        return tokenizer.encode_batch(list(prompts), max_len)

@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgen.data import tokenizer
-from jaxgen.evaluation import clip_metrics, judges
+from jaxgen.evaluation import clip_metrics
 from jaxgen.models.clip import CLIP
 from jaxgen.pipelines.base import Pipeline
 from jaxgen.pipelines.ddpm import to_model_space
@@ -63,7 +62,6 @@ class CLIPPipeline(Pipeline):
         )
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
-        self._judge = None
         self._gallery = None
 
     # -- training -------------------------------------------------------------------------
@@ -136,12 +134,7 @@ class CLIPPipeline(Pipeline):
 
     def embed_texts(self, state, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm text embeddings ``[N, D]`` (float32) with the EMA parameters."""
-        if isinstance(texts, str):
-            texts = [texts]
-        for t in texts:
-            tokenizer.validate_prompt(t, self.max_text_len)
-        tokens = tokenizer.encode_batch(list(texts), self.max_text_len)
-        return self._chunked(self._embed_text, self._params(state), tokens)
+        return self._chunked(self._embed_text, self._params(state), self.tokenize(texts))
 
     def embed_images(self, state, images: np.ndarray) -> np.ndarray:
         """Unit-norm image embeddings ``[N, D]`` of uint8 images ``[N, S, S, 3]``."""
@@ -174,15 +167,6 @@ class CLIPPipeline(Pipeline):
         return gallery[np.argmax(sim, axis=1)]
 
     # -- evaluation -----------------------------------------------------------------------
-    @property
-    def judge(self):
-        if self._judge is None:
-            self._judge = judges.build_judge(self.config.data)
-        return self._judge
-
-    def default_prompts(self, n):
-        return self.judge.prompts("test", n, seed=1)[0]
-
     def evaluate_embeddings(self, state, rng=None) -> dict[str, float]:
         """Retrieval recall@1/@5 both ways and zero-shot accuracy per attribute, per split."""
         del rng

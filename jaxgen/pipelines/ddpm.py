@@ -1,7 +1,6 @@
 """Text-conditional DDPM (Ho et al. 2020) with classifier-free guidance and DDIM sampling."""
 
 import functools
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -76,8 +75,6 @@ class DDPMPipeline(Pipeline):
             raise ValueError(
                 "model.text_init / model.freeze_text need a text encoder (model.text)."
             )
-        self._judge = None
-        self._clip = None
 
     # -- training -------------------------------------------------------------------------
     def init(self, rng, example_batch):
@@ -154,14 +151,6 @@ class DDPMPipeline(Pipeline):
         return new_state, metrics
 
     # -- sampling -------------------------------------------------------------------------
-    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-        """Validates and encodes prompts; raises ``PromptError`` with a clear message."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        for p in prompts:
-            tokenizer.validate_prompt(p, self.max_text_len)
-        return tokenizer.encode_batch(list(prompts), self.max_text_len)
-
     @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
     def _sample(self, params, tokens, rng, sampler, num_steps, guidance_scale, eta):
         size = int(self.config.data.image_size)
@@ -253,25 +242,6 @@ class DDPMPipeline(Pipeline):
         return np.concatenate([np.asarray(o) for o in out])[:n]
 
     # -- evaluation -----------------------------------------------------------------------
-    @property
-    def judge(self):
-        if self._judge is None:
-            self._judge = judges.build_judge(self.config.data)
-        return self._judge
-
-    @property
-    def clip_embedder(self):
-        """The CLIP run at ``eval.clip_workdir`` (loaded once), or None."""
-        path = str(self.config.eval.get("clip_workdir", "") or "")
-        if path and self._clip is None:
-            from jaxgen.evaluation.clip_metrics import load_embedder
-
-            self._clip = load_embedder(path)
-        return self._clip
-
-    def default_prompts(self, n):
-        return self.judge.prompts("test", n, seed=1)[0]
-
     def evaluators(self):
         ec = self.config.eval
         if not self.judge.has_truth:

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgen.data import tokenizer
 from jaxgen.evaluation import judges
 from jaxgen.models.clip import TextTower
 from jaxgen.models.gan import Discriminator, Generator, InverseNetwork
@@ -116,8 +115,6 @@ class GANINTCLSPipeline(Pipeline):
         self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
-        self._judge = None
-        self._clip = None
 
     @property
     def trained_networks(self) -> tuple[str, ...]:
@@ -248,13 +245,6 @@ class GANINTCLSPipeline(Pipeline):
         return optax.apply_updates(params, updates), opt_state
 
     # -- generation -----------------------------------------------------------------------
-    def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        for p in prompts:
-            tokenizer.validate_prompt(p, self.max_text_len)
-        return tokenizer.encode_batch(list(prompts), self.max_text_len)
-
     def embed_prompts(self, state, prompts: Sequence[str]) -> jax.Array:
         """phi(t) ``[N, embed_dim]`` of the prompts."""
         return self._embed(state.params["text"], jnp.asarray(self.tokenize(prompts)))
@@ -326,25 +316,6 @@ class GANINTCLSPipeline(Pipeline):
         return np.asarray(self._generate(self._g_params(state), z, t))
 
     # -- evaluation -----------------------------------------------------------------------
-    @property
-    def judge(self):
-        if self._judge is None:
-            self._judge = judges.build_judge(self.config.data)
-        return self._judge
-
-    @property
-    def clip_embedder(self):
-        """The CLIP run at ``eval.clip_workdir`` (loaded once), or None."""
-        path = str(self.config.eval.get("clip_workdir", "") or "")
-        if path and self._clip is None:
-            from jaxgen.evaluation.clip_metrics import load_embedder
-
-            self._clip = load_embedder(path)
-        return self._clip
-
-    def default_prompts(self, n):
-        return self.judge.prompts("test", n, seed=1)[0]
-
     def diversity(self, state, rng) -> dict[str, float]:
         """Mean pairwise RMS distance (pixels in [0, 1]) of samples of one prompt, averaged
         over prompts: near 0 means mode collapse."""
