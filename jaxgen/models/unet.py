@@ -60,12 +60,13 @@ class ResBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, emb: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, emb: jax.Array | None, train: bool = False) -> jax.Array:
         """Applies the block.
 
         Args:
           x: ``[B, H, W, Cin]``.
-          emb: ``[B, E]`` conditioning embedding (already SiLU-activated by the caller).
+          emb: ``[B, E]`` conditioning embedding (already SiLU-activated by the caller), or
+            None for an unconditional block.
           train: enables dropout.
 
         Returns:
@@ -77,11 +78,14 @@ class ResBlock(nn.Module):
         elif self.resample == "down":
             h, x = avg_pool2(h), avg_pool2(x)
         h = conv3x3(self.out_ch, self.dtype, impl=self.conv_impl, name="conv1")(h)
-        e = dense((2 if self.film else 1) * self.out_ch, self.dtype, name="emb_proj")(emb)
-        if self.film:
+        if emb is None:  # unconditional (the autoencoders)
+            h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h)
+        elif self.film:
+            e = dense(2 * self.out_ch, self.dtype, name="emb_proj")(emb)
             scale, shift = jnp.split(e, 2, axis=-1)
             h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h, (scale, shift))
         else:
+            e = dense(self.out_ch, self.dtype, name="emb_proj")(emb)
             h = h + e[:, None, None, :]
             h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))

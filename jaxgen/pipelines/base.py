@@ -46,6 +46,11 @@ class Pipeline(abc.ABC):
         state, e.g. a CLIP text encoder; returns the state unchanged by default."""
         return state
 
+    def sample_images(self, state: Any, prompts: Sequence[str], rng: jax.Array) -> np.ndarray:
+        """The images of the training loop's sample grids: ``generate``'s by default (the
+        autoencoders show reconstructions next to their inputs instead)."""
+        return self.generate(state, prompts, rng)
+
     def evaluators(self) -> list[Evaluator]:
         """Judges run during training and by ``--mode=eval``; empty by default."""
         return []

@@ -277,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         }
 
     def write_samples(step: int) -> None:
-        imgs = pipeline.generate(state, sample_prompts, jax.random.fold_in(rngs["sample"], 0))
+        imgs = pipeline.sample_images(state, sample_prompts, jax.random.fold_in(rngs["sample"], 0))
         grid = images_lib.make_grid(np.asarray(imgs))
         if jax.process_index() == 0:
             images_lib.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", scale=2)
