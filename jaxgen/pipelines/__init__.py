@@ -8,7 +8,11 @@ from jaxgen.pipelines.base import Pipeline
 PIPELINES = {
     "clip": "jaxgen.pipelines.clip:CLIPPipeline",
     "ddpm": "jaxgen.pipelines.ddpm:DDPMPipeline",
+    "dvae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
     "gan_int_cls": "jaxgen.pipelines.gan_int_cls:GANINTCLSPipeline",
+    "vae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
+    "vqgan": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
+    "vqvae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
 }
 
 

@@ -1,0 +1,14 @@
+"""VAE (Kingma & Welling 2014).
+
+Settings and variants: experiments/autoencoders.py
+(``--config=experiments/vae.py[:digits][,smoke]``).
+"""
+
+from pathlib import Path
+
+from jaxgen.config import load_experiment
+
+
+def get_config(arg: str | None = None):
+    variant = ",".join(["vae", *([arg] if arg else [])])
+    return load_experiment(str(Path(__file__).with_name("autoencoders.py")), variant)
