@@ -120,3 +120,30 @@ class Trainer:
 
     def img_s(self, key: str) -> float:
         return self.batch_size / median(self.times[key])
+
+
+def train_throughput(config, label: str, steps: int) -> dict:
+    """Images/s of the loop's train step on ``config`` with real batches, after one warmup step."""
+    from jaxgen import data as data_lib
+
+    mesh = mesh_lib.make_mesh(config)
+    source = data_lib.build_source(config.data, "train")
+    iterator = data_lib.make_batch_iterator(
+        source, batch_size=int(config.train.batch_size), seed=config.seed
+    )
+    trainer = Trainer(config, mesh, source, iterator)
+    trainer.warmup(1)
+    trainer.run(steps, with_data=True)
+    img_s = trainer.img_s("data")
+    step_s = trainer.batch_size / img_s
+    return {
+        "config": label,
+        "pipeline": config.pipeline,
+        "batch_size": trainer.batch_size,
+        "parameters": int(trainer.params),
+        "images_per_second": img_s,
+        "step_seconds": step_s,
+        "step_gflop": trainer.flops / 1e9,
+        "achieved_gflop_per_s": trainer.flops / step_s / 1e9,
+        "compile_seconds": trainer.compile_s,
+    }

@@ -22,11 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import MATMUL_N, Matmul, Trainer  # noqa: E402
+from common import MATMUL_N, Matmul, train_throughput  # noqa: E402
 
-from jaxgen import data as data_lib  # noqa: E402
 from jaxgen.config import load_experiment  # noqa: E402
-from jaxgen.training import mesh as mesh_lib  # noqa: E402
 
 _CONFIGS = flags.DEFINE_multi_string(
     "config",
@@ -38,28 +36,7 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSO
 
 
 def measure(spec: str, steps: int) -> dict:
-    config = load_experiment(spec)
-    mesh = mesh_lib.make_mesh(config)
-    source = data_lib.build_source(config.data, "train")
-    iterator = data_lib.make_batch_iterator(
-        source, batch_size=int(config.train.batch_size), seed=config.seed
-    )
-    trainer = Trainer(config, mesh, source, iterator)
-    trainer.warmup(1)
-    trainer.run(steps, with_data=True)
-    img_s = trainer.img_s("data")
-    step_s = trainer.batch_size / img_s
-    return {
-        "config": spec,
-        "pipeline": config.pipeline,
-        "batch_size": trainer.batch_size,
-        "parameters": int(trainer.params),
-        "images_per_second": img_s,
-        "step_seconds": step_s,
-        "step_gflop": trainer.flops / 1e9,
-        "achieved_gflop_per_s": trainer.flops / step_s / 1e9,
-        "compile_seconds": trainer.compile_s,
-    }
+    return train_throughput(load_experiment(spec), spec, steps)
 
 
 def main(argv):

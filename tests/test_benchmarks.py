@@ -43,3 +43,24 @@ def test_train_speed_reports_every_config(tmp_path):
     for r in rows:
         assert r["images_per_second"] > 0 and r["step_gflop"] > 0, r
     assert "img/s" in proc.stdout and "matmul" in proc.stdout
+
+
+def test_tokenizer_speed_reports_every_autoencoder(tmp_path):
+    out = tmp_path / "tok.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/tokenizer_speed.py", "--smoke", "--steps=1", "--batch=8",
+         "--reps=1", f"--json_out={out}"],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["kind"] for r in rows] == ["vae", "vqvae", "vqgan", "dvae"]
+    for r in rows:
+        assert r["images_per_second"] > 0 and r["encode_images_per_second"] > 0, r
+        assert r["decode_images_per_second"] > 0 and r["grid"] == [4, 4], r
+    assert rows[2]["images_per_second_with_discriminator"] > 0
+    assert "| vqgan |" in proc.stdout and "encode img/s" in proc.stdout

@@ -35,8 +35,13 @@ def outputs_text(nb) -> str:
     return "\n".join(parts)
 
 
-# Notebook -> the experiment whose smoke run it ends with (its WORKDIR's eval.json).
-EXPERIMENTS = {"ddpm": "ddpm", "gan_int_cls": "gan_int_cls"}
+# Notebook -> the experiment whose smoke run it ends with (its WORKDIR's eval.json), and an
+# evaluation key the notebook prints.
+EXPERIMENTS = {
+    "ddpm": ("ddpm", "test/colour"),
+    "gan_int_cls": ("gan_int_cls", "test/colour"),
+    "tokenizers": ("vqgan", "test/psnr"),
+}
 
 
 def test_notebooks_are_found():
@@ -65,8 +70,9 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     assert "CpuDevice" in text
     assert (workdir / "eval.json").is_file()
     results = json.loads((workdir / "eval.json").read_text())
-    smoke = experiment_config(EXPERIMENTS[path.stem], "smoke")
-    assert '"test/colour"' in text and results["step"] == smoke.train.steps
+    experiment, key = EXPERIMENTS[path.stem]
+    smoke = experiment_config(experiment, "smoke")
+    assert f'"{key}"' in text and results["step"] == smoke.train.steps
     size = smoke.data.image_size
     assert f"(4, {size}, {size}, 3) uint8" in text
     images = [

@@ -1,0 +1,455 @@
+"""The autoencoder family: bottleneck math against numpy/scipy, networks, tokenizer, smoke runs."""
+
+import json
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import experiment_config, run_cli
+from scipy import stats
+
+from jaxgen.models import bottlenecks as bn
+from jaxgen.models import vgg
+from jaxgen.models.autoencoder import Decoder, Encoder, PatchDiscriminator
+from jaxgen.pipelines import autoencoder as ae
+from jaxgen.pipelines import build_pipeline
+from jaxgen.training import loop
+
+KINDS = ("vae", "vqvae", "vqgan", "dvae")
+
+
+# -- bottleneck math ------------------------------------------------------------------------
+def test_nearest_codes_match_brute_force():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, 5, 7, 6)).astype(np.float32)
+    codebook = rng.normal(size=(11, 6)).astype(np.float32)
+    got = np.asarray(bn.nearest_codes(jnp.asarray(z), jnp.asarray(codebook)))
+    dists = ((z[..., None, :] - codebook) ** 2).sum(-1)  # [3, 5, 7, 11]
+    np.testing.assert_array_equal(got, dists.argmin(-1))
+    assert got.dtype == np.int32 and got.shape == (3, 5, 7)
+
+
+def test_straight_through_gradient_is_identity_on_encoder_output():
+    z_e = jnp.array([[0.3, -1.2], [2.0, 0.5]])
+    z_q = jnp.array([[1.0, 1.0], [-1.0, 0.0]])
+    w = jnp.array([[1.5, -2.0], [0.25, 3.0]])
+    out = bn.straight_through(z_e, z_q)
+    np.testing.assert_allclose(out, z_q)  # forward: the code
+    grad = jax.grad(lambda z: jnp.sum(w * bn.straight_through(z, z_q)))(z_e)
+    np.testing.assert_allclose(grad, w)  # backward: identity
+
+
+def test_vq_terms_reach_the_right_parameters_with_beta_on_commitment():
+    """d/dz_e of ``codebook + beta * commitment`` is ``beta * 2 (z_e - z_q) / N`` (not 2 (...)),
+    and d/de_k is ``2 sum_{j -> k} (e_k - z_j) / N``: the codebook term moves codes only."""
+    rng = np.random.default_rng(1)
+    z_e = rng.normal(size=(6, 3)).astype(np.float32)
+    codebook = rng.normal(size=(4, 3)).astype(np.float32)
+    beta = 0.25
+    idx = ((z_e[:, None] - codebook) ** 2).sum(-1).argmin(-1)
+
+    def loss(z, cb):
+        z_q = cb[bn.nearest_codes(z, cb)]
+        codebook_term, commitment = bn.vq_losses(z, z_q)
+        return codebook_term + beta * commitment
+
+    g_z, g_cb = jax.grad(loss, argnums=(0, 1))(jnp.asarray(z_e), jnp.asarray(codebook))
+    n = z_e.shape[0]
+    np.testing.assert_allclose(g_z, beta * 2 * (z_e - codebook[idx]) / n, rtol=1e-5)
+    want_cb = np.zeros_like(codebook)
+    for j, k in enumerate(idx):
+        want_cb[k] += 2 * (codebook[k] - z_e[j]) / n
+    np.testing.assert_allclose(g_cb, want_cb, rtol=1e-5, atol=1e-7)
+    # Each term alone: the codebook term has no encoder gradient, the commitment no code one.
+    g_z_cb = jax.grad(lambda z: bn.vq_losses(z, jnp.asarray(codebook)[idx])[0])(jnp.asarray(z_e))
+    g_cb_commit = jax.grad(lambda cb: bn.vq_losses(jnp.asarray(z_e), cb[idx])[1])(
+        jnp.asarray(codebook)
+    )
+    np.testing.assert_array_equal(g_z_cb, 0.0)
+    np.testing.assert_array_equal(g_cb_commit, 0.0)
+
+
+def test_ema_codebook_update_matches_hand_computation():
+    stats_in = {
+        "cluster_size": np.array([2.0, 0.0, 1.0], np.float32),
+        "embed_sum": np.array([[2.0, 2.0], [0.0, 0.0], [-1.0, 3.0]], np.float32),
+    }
+    z = np.array([[1.0, 0.0], [3.0, 2.0], [0.0, -1.0]], np.float32)
+    idx = np.array([0, 0, 2])
+    d, eps = 0.9, 1e-5
+    new, codebook = bn.ema_codebook_update(
+        {k: jnp.asarray(v) for k, v in stats_in.items()}, jnp.asarray(z), jnp.asarray(idx), d, eps
+    )
+    # By hand: code 0 gets z0 + z1 = (4, 2) twice-counted, code 2 gets z2 = (0, -1) once.
+    n = np.array([0.9 * 2 + 0.1 * 2, 0.0, 0.9 * 1 + 0.1 * 1])
+    m = np.array([[0.9 * 2 + 0.1 * 4, 0.9 * 2 + 0.1 * 2], [0, 0], [-0.9, 0.9 * 3 - 0.1]])
+    np.testing.assert_allclose(new["cluster_size"], n, rtol=1e-6)
+    np.testing.assert_allclose(new["embed_sum"], m, rtol=1e-6)
+    total = n.sum()
+    smoothed = (n + eps) / (total + 3 * eps) * total
+    np.testing.assert_allclose(codebook, m / smoothed[:, None], rtol=1e-5)
+
+
+def test_dead_codes_are_restarted_from_encoder_outputs():
+    codebook = jnp.arange(12.0).reshape(4, 3)
+    usage = jnp.array([0.5, 0.001, 0.3, 0.0])
+    z = 100.0 + jnp.arange(15.0).reshape(5, 3)
+    new, dead = bn.restart_dead_codes(codebook, usage, z, jax.random.key(0), threshold=0.01)
+    np.testing.assert_array_equal(dead, [False, True, False, True])
+    np.testing.assert_array_equal(new[0], codebook[0])
+    np.testing.assert_array_equal(new[2], codebook[2])
+    for k in (1, 3):
+        assert any(np.array_equal(new[k], row) for row in np.asarray(z)), new[k]
+
+
+def test_usage_stats_and_counts():
+    counts = bn.code_counts(jnp.array([[0, 1], [2, 3]]), 4)
+    np.testing.assert_array_equal(counts, [1, 1, 1, 1])
+    s = bn.usage_stats(counts)
+    assert float(s["usage"]) == 1.0 and float(s["perplexity"]) == pytest.approx(4.0)
+    s = bn.usage_stats(jnp.array([5.0, 0.0, 0.0, 0.0]))
+    assert float(s["usage"]) == 0.25 and float(s["perplexity"]) == pytest.approx(1.0)
+
+
+def test_gumbel_softmax_limits():
+    logits = jnp.log(jnp.array([[0.1, 0.6, 0.3]] * 2000))
+    rng = jax.random.key(0)
+    cold = bn.gumbel_softmax(logits, rng, temperature=1e-3)
+    # Low temperature: one-hot on argmax(logits + g), with the same Gumbel noise.
+    g = jax.random.gumbel(rng, logits.shape)
+    want = np.asarray(jax.nn.one_hot(jnp.argmax(logits + g, -1), 3))
+    np.testing.assert_array_equal(np.argmax(cold, -1), want.argmax(-1))
+    top2 = np.sort(np.asarray(logits + g), -1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.02  # away from near-ties, the sample is one-hot
+    assert clear.mean() > 0.95
+    np.testing.assert_allclose(np.asarray(cold)[clear], want[clear], atol=1e-6)
+    # ...so the argmax frequencies are the softmax probabilities (Gumbel-max trick).
+    freq = np.asarray(cold).mean(0)
+    np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=0.035)
+    hot = bn.gumbel_softmax(logits, rng, temperature=1e4)
+    np.testing.assert_allclose(hot, 1 / 3, atol=1e-3)
+    np.testing.assert_allclose(jnp.sum(bn.gumbel_softmax(logits, rng, 0.5), -1), 1.0, rtol=1e-5)
+    hard = bn.gumbel_softmax(logits[:4], rng, 0.5, hard=True)
+    assert set(np.unique(np.asarray(hard))) <= {0.0, 1.0}
+
+
+def test_kl_to_uniform():
+    np.testing.assert_allclose(bn.kl_to_uniform(jnp.zeros((2, 8))), 0.0, atol=1e-6)
+    q = np.array([0.7, 0.2, 0.1])
+    np.testing.assert_allclose(
+        bn.kl_to_uniform(jnp.log(jnp.asarray(q))), stats.entropy(q, np.full(3, 1 / 3)), rtol=1e-5
+    )
+
+
+def test_gaussian_kl_matches_numerical_integration():
+    mean, logvar = np.array([0.7, -1.5]), np.array([-0.8, 0.6])
+    got = float(bn.gaussian_kl(jnp.asarray(mean), jnp.asarray(logvar)))
+    x = np.linspace(-15, 15, 200_001)
+    want = 0.0
+    for m, lv in zip(mean, logvar, strict=True):
+        p = stats.norm.pdf(x, m, math.exp(lv / 2))
+        want += np.trapezoid(p * (np.log(p + 1e-300) - stats.norm.logpdf(x)), x)
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_discretized_gaussian_nll_matches_scipy():
+    x = jnp.array([-1.0, -0.5, 0.0, 0.3, 1.0])
+    mean, log_scale = jnp.array([-0.9, -0.4, 0.1, 0.9, 0.95]), jnp.log(0.2)
+    got = np.asarray(ae.discretized_gaussian_nll(x, mean, log_scale))
+    lo = np.where(np.asarray(x) < -0.999, -np.inf, np.asarray(x) - 1 / 255)
+    hi = np.where(np.asarray(x) > 0.999, np.inf, np.asarray(x) + 1 / 255)
+    want = -np.log(stats.norm.cdf(hi, mean, 0.2) - stats.norm.cdf(lo, mean, 0.2))
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_psnr_closed_form():
+    x = jnp.zeros((2, 4, 4, 3))
+    y = x.at[0].set(0.2).at[1].set(0.02)  # MSE 0.04 and 0.0004 on a peak-to-peak of 2
+    np.testing.assert_allclose(ae.psnr(y, x), [10 * np.log10(4 / 0.04), 10 * np.log10(4 / 4e-4)])
+
+
+def test_schedules_end_points():
+    config = experiment_config("dvae")
+    dc = config.dvae
+    assert float(ae.dvae_temperature(0, config)) == pytest.approx(1.0)
+    assert float(ae.dvae_temperature(dc.anneal_steps, config)) == pytest.approx(1 / 16)
+    mid = float(ae.dvae_temperature(dc.anneal_steps // 2, config))
+    assert mid == pytest.approx(0.25, rel=1e-3)  # a cosine in log space passes the geometric mean
+    assert float(ae.dvae_kl_weight(0, config)) == 0.0
+    assert float(ae.dvae_kl_weight(10**6, config)) == pytest.approx(dc.kl_weight)
+
+
+# -- networks and pipelines -----------------------------------------------------------------
+def test_network_shapes_and_dtypes():
+    x = jnp.zeros((2, 16, 16, 3))
+    kw = dict(ch=8, ch_mults=(1, 2), num_res_blocks=1, patch_size=2)
+    enc = Encoder(out_ch=5, **kw)
+    p = enc.init(jax.random.key(0), x)
+    chex.assert_shape(enc.apply(p, x), (2, 4, 4, 5))
+    dec = Decoder(**kw)
+    z = jnp.zeros((2, 4, 4, 5))
+    p = dec.init(jax.random.key(1), z)
+    out, feats = dec.apply(p, z, True)
+    chex.assert_shape(out, (2, 16, 16, 3))
+    assert out.dtype == jnp.float32 and feats.shape[:3] == (2, 8, 8)
+    d = PatchDiscriminator(ch=8, num_layers=2)
+    p = d.init(jax.random.key(2), x)
+    chex.assert_shape(d.apply(p, x), (2, 4, 4))
+    bf = Encoder(out_ch=5, dtype=jnp.bfloat16, **kw)
+    assert bf.apply(bf.init(jax.random.key(0), x), x).dtype == jnp.float32
+
+
+@pytest.fixture(scope="module")
+def smoke_states():
+    """kind -> (pipeline, initial state, batch) of each smoke config."""
+    from jaxgen import data as data_lib
+
+    out = {}
+    for kind in KINDS:
+        config = experiment_config(kind, "smoke")
+        pipe = build_pipeline(config)
+        src = data_lib.build_source(config.data, "train")
+        batch = {k: np.stack([src[i][k] for i in range(4)]) for k in ("image", "tokens")}
+        out[kind] = (pipe, pipe.init(jax.random.key(0), batch), batch)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_encode_decode_round_trip_shapes(kind, smoke_states):
+    pipe, state, batch = smoke_states[kind]
+    codes = pipe.encode(state.params, batch["image"])
+    g = pipe.grid
+    if kind == "vae":
+        chex.assert_shape(codes, (4, g, g, pipe.code_dim))
+    else:
+        chex.assert_shape(codes, (4, g, g))
+        assert codes.dtype == jnp.int32
+        assert 0 <= int(codes.min()) and int(codes.max()) < pipe.num_codes
+    images = pipe.decode(state.params, codes)
+    assert images.shape == batch["image"].shape and images.dtype == jnp.uint8
+    assert pipe.reconstruct(state, batch["image"]).shape == batch["image"].shape
+    prior = pipe.generate(state, ["ignored"] * 3, jax.random.key(0))
+    assert prior.shape == (3, pipe.size, pipe.size, 3) and prior.dtype == np.uint8
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_step_metrics(kind, smoke_states):
+    pipe, state, batch = smoke_states[kind]
+    step = jax.jit(pipe.train_step)
+    new, _ = step(state, batch, jax.random.key(0))  # the warmup's learning rate is 0 at step 0
+    new, metrics = step(new, batch, jax.random.key(1))
+    assert int(new.step) == 2
+    for key in ("loss", "rec_loss", "psnr", "grad_norm"):
+        assert np.isfinite(float(metrics[key])), key
+    if kind != "vae":
+        assert {"codebook_usage", "codebook_perplexity", "dead_codes"} <= set(metrics)
+    changed = jax.tree.map(
+        lambda a, b: bool(jnp.any(a != b)), state.params["encoder"], new.params["encoder"]
+    )
+    assert any(jax.tree.leaves(changed))
+
+
+def test_ema_codebook_is_not_trained_by_the_optimizer(smoke_states):
+    pipe, state, batch = smoke_states["vqvae"]
+    assert pipe.vq_ema and "codebook" not in pipe.trained_networks
+    # Usage starts at zero (every code restarts from the first batch); give each code a fair
+    # share so that this step is the EMA update alone.
+    k = pipe.num_codes
+    fair = {**state.opt_state["codebook"], "usage": jnp.full((k,), 1.0 / k)}
+    state = state.replace(opt_state={**state.opt_state, "codebook": fair})
+    new, _ = jax.jit(pipe.train_step)(state, batch, jax.random.key(1))
+    # The EMA moved the codes (this is not a no-op)...
+    assert not np.allclose(
+        new.params["codebook"]["embedding"], state.params["codebook"]["embedding"]
+    )
+    # ...to the EMA of the assigned encoder outputs.
+    x = ae.to_model_space(jnp.asarray(batch["image"]))
+    z_e, _, idx = pipe._encode_vq(state.params, x)
+    stats, want = bn.ema_codebook_update(
+        {k: state.opt_state["codebook"][k] for k in ("cluster_size", "embed_sum")},
+        z_e.reshape(-1, pipe.code_dim),
+        idx,
+        pipe.config.vq.ema_decay,
+    )
+    np.testing.assert_allclose(new.params["codebook"]["embedding"], want, rtol=1e-4, atol=1e-6)
+
+
+def test_adaptive_weight_matches_direct_gradient_norms(smoke_states):
+    pipe, state, batch = smoke_states["vqgan"]
+    params = state.params
+    x = ae.to_model_space(jnp.asarray(batch["image"]))
+    z_e, z_q, _ = pipe._encode_vq(params, x)
+    z = bn.straight_through(z_e, z_q)
+
+    def losses(kernel):
+        dec = {**params["decoder"], "conv_out": {**params["decoder"]["conv_out"], "kernel": kernel}}
+        recon = pipe._decode({**params, "decoder": dec}, z)
+        rec = pipe._rec_loss(recon, x)
+        gan = -jnp.mean(pipe.D.apply({"params": params["D"]}, recon))
+        return rec, gan
+
+    kernel = params["decoder"]["conv_out"]["kernel"]
+    g_rec = jax.grad(lambda k: losses(k)[0])(kernel)
+    g_gan = jax.grad(lambda k: losses(k)[1])(kernel)
+    want = np.linalg.norm(g_rec) / (np.linalg.norm(g_gan) + 1e-4)
+
+    recon, feats = pipe._decode(params, z, return_features=True)
+    g_rec_out = jax.grad(lambda r: pipe._rec_loss(r, x))(recon)
+    g_gan_out = jax.grad(lambda r: -jnp.mean(pipe.D.apply({"params": params["D"]}, r)))(recon)
+    got = pipe._adaptive_weight(params, feats, g_rec_out, g_gan_out)
+    assert float(got) == pytest.approx(want, rel=1e-4)
+    assert float(ae.adaptive_weight(g_rec, g_gan * 1e-12, max_weight=7.0)) == 7.0  # the clip
+
+
+def test_codebook_starts_from_encoder_outputs(smoke_states):
+    """Usage starts at zero, so the first step restarts every code from that batch's encoder
+    outputs (a data-dependent initialisation)."""
+    pipe, state, batch = smoke_states["vqvae"]
+    new, metrics = jax.jit(pipe.train_step)(state, batch, jax.random.key(2))
+    assert float(metrics["dead_codes"]) == pipe.num_codes
+    x = ae.to_model_space(jnp.asarray(batch["image"]))
+    z_e = np.asarray(pipe._encode_vq(state.params, x)[0]).reshape(-1, pipe.code_dim)
+    for code in np.asarray(new.params["codebook"]["embedding"]):
+        assert np.min(np.abs(z_e - code).max(-1)) < 1e-5
+
+
+def test_discriminator_waits_for_start_step(smoke_states):
+    pipe, state, batch = smoke_states["vqgan"]
+    step = jax.jit(pipe.train_step)
+    before, m0 = step(state, batch, jax.random.key(0))
+    assert float(m0["adaptive_weight"]) == 0.0 and float(m0["d_loss"]) == 0.0
+    jax.tree.map(np.testing.assert_array_equal, before.params["D"], state.params["D"])
+    late = state.replace(step=jnp.asarray(pipe.config.gan.start_step, jnp.int32))
+    after, m1 = step(late, batch, jax.random.key(0))
+    assert float(m1["adaptive_weight"]) > 0.0 and float(m1["d_loss"]) > 0.0
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), after.params["D"], state.params["D"])
+    assert all(jax.tree.leaves(moved))
+
+
+# -- VGG perceptual loss ----------------------------------------------------------------------
+def _fake_vgg_file(path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        k: (rng.normal(size=s) * 0.05).astype(np.float32) for k, s in vgg.expected_shapes().items()
+    }
+    arrays["fc6_W"] = np.zeros((2, 2), np.float32)  # present in the published file, ignored
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_vgg_loader_and_perceptual_distance(tmp_path):
+    arrays = _fake_vgg_file(tmp_path / "vgg16_weights.npz")
+    params = vgg.load_vgg16(tmp_path / "vgg16_weights.npz")
+    np.testing.assert_array_equal(params["conv3_2"]["kernel"], arrays["conv3_2_W"])
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    feats = vgg.features(params, x)
+    assert [f.shape for f in feats] == [
+        (2, 32, 32, 64),
+        (2, 16, 16, 128),
+        (2, 8, 8, 256),
+        (2, 4, 4, 512),
+        (2, 2, 2, 512),
+    ]
+    np.testing.assert_allclose(vgg.perceptual_distance(params, x, x), 0.0, atol=1e-6)
+    assert np.all(np.asarray(vgg.perceptual_distance(params, x, -x)) > 0)
+
+
+def test_vgg_loader_rejects_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No VGG16 weight file"):
+        vgg.load_vgg16(tmp_path / "missing.npz")
+    arrays = {k: np.zeros(s, np.float32) for k, s in vgg.expected_shapes().items()}
+    del arrays["conv4_2_b"]
+    np.savez(tmp_path / "a.npz", **arrays)
+    with pytest.raises(ValueError, match="conv4_2_b"):
+        vgg.load_vgg16(tmp_path / "a.npz")
+    arrays["conv4_2_b"] = np.zeros(3, np.float32)
+    np.savez(tmp_path / "b.npz", **arrays)
+    with pytest.raises(ValueError, match=r"conv4_2_b has shape \(3,\)"):
+        vgg.load_vgg16(tmp_path / "b.npz")
+
+
+def test_vqgan_uses_vgg_weights_when_present(tmp_path):
+    config = experiment_config("vqgan", "smoke")
+    config.model.vgg_weights = str(tmp_path / "missing.npz")
+    assert build_pipeline(config).vgg is None
+    _fake_vgg_file(tmp_path / "vgg16_weights.npz")
+    config.model.vgg_weights = str(tmp_path / "vgg16_weights.npz")
+    pipe = build_pipeline(config)
+    assert pipe.vgg is not None
+    x = jnp.zeros((1, 16, 16, 3))
+    assert float(pipe._rec_loss(x + 0.5, x)) > 0.25  # the MSE plus a positive VGG distance
+
+
+# -- configs and bad input ------------------------------------------------------------------
+def test_configs_and_bad_settings():
+    for kind in KINDS:
+        config = experiment_config(kind)
+        assert config.pipeline == kind and config.train.max_minutes <= 20
+        pipe = build_pipeline(config)
+        assert pipe.grid == 8 and pipe.size == 32
+    assert build_pipeline(experiment_config("vqgan", "cifar10")).num_codes == 1024
+    with pytest.raises(ValueError, match="cifar10 variant is VQGAN"):
+        experiment_config("vqvae", "cifar10")
+    with pytest.raises(ValueError, match="Unknown autoencoder variant"):
+        experiment_config("vqvae", "mnist")
+    config = experiment_config("vqvae", "smoke")
+    config.data.image_size = 18
+    with pytest.raises(ValueError, match="multiple of 4"):
+        build_pipeline(config)
+    config = experiment_config("vqvae", "smoke")
+    config.model.rec_loss = "huber"
+    with pytest.raises(ValueError, match="rec_loss"):
+        build_pipeline(config)
+
+
+def test_bad_images_and_tokens(smoke_states):
+    pipe, state, _ = smoke_states["vqvae"]
+    with pytest.raises(ValueError, match="uint8"):
+        pipe.reconstruct(state, np.zeros((2, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\[N, 16, 16, 3\]"):
+        pipe.reconstruct(state, np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(TypeError, match="integers"):
+        pipe.decode(state.params, jnp.zeros((1, 4, 4)))
+
+
+# -- end to end -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["vae", "vqvae", "dvae"])
+def test_smoke_training_in_process(kind, tmp_path):
+    config = experiment_config(kind, "smoke")
+    results = loop.train_and_evaluate(config, tmp_path / kind)
+    assert results["test/psnr"] > 0
+    if kind == "vae":
+        assert results["test/bits_per_dim"] > 0 and "prior/frechet" in results
+    else:
+        assert 0 < results["test/codebook_usage"] <= 1 and results["test/perplexity"] >= 1
+    assert any((tmp_path / kind / "samples").glob("*.png"))
+
+
+def test_vqgan_cli_train_resume_sample_eval_and_tokenizer(tmp_path):
+    workdir = tmp_path / "vqgan"
+    common = ["--config=experiments/vqgan.py:smoke", f"--workdir={workdir}"]
+    r = run_cli(*common, "--config.train.steps=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Perceptual loss off" in r.stderr  # no VGG weights on this machine: said so
+    r = run_cli(*common)  # resumes at 4, trains to 6 with the discriminator on from step 3
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Resumed from step 4" in r.stderr
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in metrics if "d_loss" in m]
+    assert max(steps) == 6 and any(m["d_loss"] > 0 for m in metrics if m["step"] > 3)
+    results = json.loads((workdir / "eval.json").read_text())
+    assert results["step"] == 6 and 0 < results["heldout/codebook_usage"] <= 1
+    r = run_cli(*common, "--mode=sample", "--num_samples=4")
+    assert r.returncode == 0 and "Wrote 4 samples" in r.stdout, r.stderr[-3000:]
+    r = run_cli(*common, "--mode=eval")
+    assert r.returncode == 0 and "test/psnr" in r.stdout, r.stderr[-3000:]
+
+    tok = ae.load_tokenizer(workdir)
+    images = np.zeros((3, 16, 16, 3), np.uint8)
+    tokens = jax.jit(tok.encode)(images)
+    assert tokens.shape == (3, *tok.grid) and tokens.dtype == jnp.int32 and tok.vocab_size == 16
+    decoded = jax.jit(lambda t, toks: t.decode(toks))(tok, tokens)  # the tokenizer is a pytree
+    assert decoded.shape == images.shape and decoded.dtype == jnp.uint8
