@@ -178,9 +178,11 @@ class AutoencoderPipeline(Pipeline):
         try:
             return vgg.load_vgg16(path) if path else None
         except FileNotFoundError:
-            logging.warning(
+            logging.log_first_n(
+                logging.WARNING,
                 "Perceptual loss off: no VGG16 weights at %r (model.vgg_weights; see "
                 "jaxgen/models/vgg.py for the file). Training on the pixel loss alone.",
+                1,
                 path,
             )
             return None
