@@ -58,12 +58,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="images per encode/decode call")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="the tiny :smoke configs (tests)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset")
     parser.add_argument("--json_out", type=Path)
     args = parser.parse_args()
     variant = "smoke" if args.smoke else None
     print(f"# {os.cpu_count()} CPU cores, jax {jax.__version__}, {jax.default_backend()}")
     rows = []
-    for kind in KINDS:
+    for kind in args.kinds.split(","):
         config = load_experiment(kind, variant)
         log(f"{kind}: training step")
         row = {"kind": kind, **train_throughput(config, f"experiments/{kind}.py", args.steps)}

