@@ -7,16 +7,21 @@ import sys
 from helpers import REPO_ROOT, cli_env
 
 
-def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
-    out = tmp_path / "gpu.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/gpu_ddpm.py", "--smoke", f"--json_out={out}"],
+def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``benchmarks/<script>`` from the repository root on the CPU; never raises."""
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
         cwd=REPO_ROOT,
         env=cli_env(),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
     )
+
+
+def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = run_benchmark("gpu_ddpm.py", "--smoke", f"--json_out={out}", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     for key in ("train_images_per_s", "mfu_vs_matmul", "samples_per_minute", "step_tflop"):
@@ -27,16 +32,13 @@ def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
 
 def test_train_speed_reports_every_config(tmp_path):
     out = tmp_path / "speed.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/train_speed.py", "--config=experiments/clip.py:smoke",
-         "--config=experiments/gan_int_cls.py:smoke,joint", "--steps=2",
-         f"--json_out={out}"],
-        cwd=REPO_ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
+    proc = run_benchmark(
+        "train_speed.py",
+        "--config=experiments/clip.py:smoke",
+        "--config=experiments/gan_int_cls.py:smoke,joint",
+        "--steps=2",
+        f"--json_out={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["pipeline"] for r in rows] == ["clip", "gan_int_cls"]
@@ -47,15 +49,15 @@ def test_train_speed_reports_every_config(tmp_path):
 
 def test_tokenizer_speed_reports_training_and_codec_speed(tmp_path):
     out = tmp_path / "tok.json"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/tokenizer_speed.py", "--smoke", "--kinds=vqgan",
-         "--steps=1", "--batch=8", "--reps=1", f"--json_out={out}"],
-        cwd=REPO_ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
+    proc = run_benchmark(
+        "tokenizer_speed.py",
+        "--smoke",
+        "--kinds=vqgan",
+        "--steps=1",
+        "--batch=8",
+        "--reps=1",
+        f"--json_out={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [r["kind"] for r in rows] == ["vqgan"]
