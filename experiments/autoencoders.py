@@ -85,6 +85,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # Per-token KL (nats) against the per-pixel MSE: a small weight, ramped up.
                 kl_weight=1e-3,
                 kl_warmup_steps=200,
+                # KL of the batch-averaged posterior to uniform: spreads tokens over the codebook.
+                # Measured on shapes, 166 steps on one core each: held-out usage 0.77 and
+                # perplexity 144 at 0.1, against 0.47 / 62 at 0.01 (0 collapsed to ~0.1 / 8).
+                usage_weight=0.1,
                 dead_threshold=0.03,
                 usage_decay=0.9,
             )

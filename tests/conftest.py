@@ -1,8 +1,17 @@
 """Shared pytest setup: tests run on the CPU, with deterministic settings."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole session: the xdist workers and the CLI
+# subprocesses they start inherit it, so a training step compiled by one test (a smoke run, its
+# resume, its --mode=sample) is read back by the next instead of compiled again.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 import helpers  # noqa: E402

@@ -143,6 +143,25 @@ def test_kl_to_uniform():
     )
 
 
+def test_aggregate_kl_to_uniform_is_the_kl_of_the_mean_posterior():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 4, 6)) * 2.0
+    q = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    q_bar = q.reshape(-1, 6).mean(0)
+    np.testing.assert_allclose(
+        bn.aggregate_kl_to_uniform(jnp.asarray(logits)),
+        stats.entropy(q_bar, np.full(6, 1 / 6)),
+        rtol=1e-5,
+    )
+    # Confident posteriors spread evenly over the codes: zero, though each position's KL is not.
+    spread = jnp.log(jnp.eye(6) * 0.999 + 1e-4)
+    assert float(bn.aggregate_kl_to_uniform(spread)) == pytest.approx(0.0, abs=1e-5)
+    assert float(jnp.mean(bn.kl_to_uniform(spread))) > 1.0
+    # Every position on one code: log K, the most it can be.
+    collapsed = jnp.tile(jnp.array([30.0, 0, 0, 0, 0, 0]), (5, 1))
+    assert float(bn.aggregate_kl_to_uniform(collapsed)) == pytest.approx(np.log(6), rel=1e-4)
+
+
 def test_gaussian_kl_matches_numerical_integration():
     mean, logvar = np.array([0.7, -1.5]), np.array([-0.8, 0.6])
     got = float(bn.gaussian_kl(jnp.asarray(mean), jnp.asarray(logvar)))

@@ -152,6 +152,18 @@ def kl_to_uniform(logits: jax.Array) -> jax.Array:
     return jnp.sum(jnp.exp(logq) * logq, axis=-1) + jnp.log(float(logits.shape[-1]))
 
 
+def aggregate_kl_to_uniform(logits: jax.Array) -> jax.Array:
+    """``KL(q_bar || Uniform(K))`` of the posterior averaged over all positions ``[..., K]``.
+
+    ``mean_x KL(q(z|x) || u) = KL(q_bar || u) + I(x; z)``: the per-position KL of DALL-E also
+    pays for the information a token carries, while this term only asks that codes be used
+    evenly across the batch, which is what a collapsing codebook lacks.
+    """
+    q = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(-1, logits.shape[-1])
+    q_bar = jnp.mean(q, axis=0)
+    return jnp.sum(q_bar * jnp.log(jnp.maximum(q_bar, 1e-30))) + jnp.log(float(logits.shape[-1]))
+
+
 def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """``KL(N(mean, exp(logvar)) || N(0, I))`` summed over the last axis, in nats."""
     return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)

@@ -301,14 +301,16 @@ class AutoencoderPipeline(Pipeline):
                 soft = bn.gumbel_softmax(logits, k_noise, temperature)
                 z = soft @ p["codebook"]["embedding"]
                 kl = jnp.mean(bn.kl_to_uniform(logits))
+                usage_kl = bn.aggregate_kl_to_uniform(logits)
                 kl_weight = dvae_kl_weight(state.step, self.config)
                 aux.update(
                     indices=jnp.argmax(logits, -1),
                     kl=kl,
+                    usage_kl=usage_kl,
                     temperature=temperature,
                     kl_weight=kl_weight,
                 )
-                reg = kl_weight * kl
+                reg = kl_weight * kl + float(self.config.dvae.usage_weight) * usage_kl
             recon, features = self._decode(p, z, return_features=True)
             aux["features"] = features
             return (recon, reg), aux
@@ -347,7 +349,7 @@ class AutoencoderPipeline(Pipeline):
         metrics["loss"] = rec_loss + reg + metrics.get("g_adv_loss", 0.0)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["learning_rate"] = self.learning_rate(state.step)
-        for key in ("kl", "temperature", "kl_weight", "codebook_loss", "commitment"):
+        for key in ("kl", "usage_kl", "temperature", "kl_weight", "codebook_loss", "commitment"):
             if key in aux:
                 metrics[key] = aux[key]
         if self.kind == "vae":
