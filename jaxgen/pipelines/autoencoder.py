@@ -12,7 +12,9 @@ One pipeline, four bottlenecks (``config.pipeline``):
          adaptive ``lambda = ||grad_L rec|| / (||grad_L gan|| + 1e-4)`` at the decoder's last
          layer L, and a VGG perceptual loss when VGG16 weights are on disk.
   dvae   Gumbel-softmax over K code logits, temperature annealed from 1 to 1/16, KL to the
-         uniform prior with its weight ramped up (DALL-E, Ramesh et al. 2021).
+         uniform prior with its weight ramped up (DALL-E, Ramesh et al. 2021), and a usage
+         term: the KL of the batch-averaged posterior to uniform (``dvae.usage_weight``),
+         which keeps the codebook from collapsing onto a few codes.
 
 The discrete ones are image tokenizers: ``load_tokenizer(workdir)`` gives ``encode(images) ->
 int32 [B, h, w]`` and ``decode(tokens) -> images``, pure and jittable, for the next stage (a
