@@ -261,6 +261,15 @@ def test_train_step_metrics(kind, smoke_states):
         assert np.isfinite(float(metrics[key])), key
     if kind != "vae":
         assert {"codebook_usage", "codebook_perplexity", "dead_codes"} <= set(metrics)
+    if kind == "dvae":
+        # The loss is the reconstruction plus the ramped per-token KL plus the usage term.
+        assert float(metrics["usage_kl"]) >= 0.0 and float(metrics["kl_weight"]) > 0.0
+        want = (
+            metrics["rec_loss"]
+            + metrics["kl_weight"] * metrics["kl"]
+            + pipe.config.dvae.usage_weight * metrics["usage_kl"]
+        )
+        assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-5)
     changed = jax.tree.map(
         lambda a, b: bool(jnp.any(a != b)), state.params["encoder"], new.params["encoder"]
     )

@@ -300,7 +300,9 @@ class AutoencoderPipeline(Pipeline):
             else:  # dvae
                 logits = self.encoder.apply({"params": p["encoder"]}, x)
                 temperature = dvae_temperature(state.step, self.config)
-                soft = bn.gumbel_softmax(logits, k_noise, temperature)
+                soft = bn.gumbel_softmax(
+                    logits, k_noise, temperature, hard=bool(self.config.dvae.straight_through)
+                )
                 z = soft @ p["codebook"]["embedding"]
                 kl = jnp.mean(bn.kl_to_uniform(logits))
                 usage_kl = bn.aggregate_kl_to_uniform(logits)
