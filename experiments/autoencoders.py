@@ -90,7 +90,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # perplexity 144 at 0.1, against 0.47 / 62 at 0.01 (0 collapsed to ~0.1 / 8).
                 usage_weight=0.1,
                 # The decoder sees the one-hot sample (gradients of the relaxed one), as at
-                # evaluation, instead of DALL-E's relaxed mixture of codes.
+                # evaluation, instead of DALL-E's relaxed mixture of codes. Measured on shapes:
+                # 2 dB lower held-out PSNR at 15 minutes (README), so off.
                 straight_through=False,
                 dead_threshold=0.03,
                 usage_decay=0.9,
