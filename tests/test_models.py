@@ -129,6 +129,19 @@ def test_attention_masks_keys_and_matches_reference():
         )
 
 
+def test_attention_per_query_mask_matches_reference():
+    q, k, v = (jax.random.normal(jax.random.key(i), (1, 3, 1, 4)) for i in range(3))
+    causal = jnp.tril(jnp.ones((3, 3), bool))[None]
+    out = attention(q, k, v, causal)
+    for t in range(3):  # query t sees keys 0..t only
+        logits = np.einsum("nd,knd->nk", q[0, t], k[0, : t + 1]) / 2.0
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        np.testing.assert_allclose(
+            out[0, t], np.einsum("nk,knd->nd", w, v[0, : t + 1]), rtol=1e-5, atol=1e-5
+        )
+
+
 def test_upsample_nearest():
     x = jnp.arange(8.0).reshape(1, 2, 2, 2)
     np.testing.assert_array_equal(upsample_nearest(x), jnp.repeat(jnp.repeat(x, 2, 1), 2, 2))
@@ -158,6 +171,28 @@ def test_text_encoder_shapes_and_padding_invariance():
     chex.assert_trees_all_close(seq_s, seq[:, :15], atol=1e-5)
     # Pooled is the mean over the non-PAD positions of the sequence.
     np.testing.assert_allclose(pooled[1], seq[1, :2].mean(0), atol=1e-5)
+
+
+def test_causal_text_encoder_reads_word_order():
+    tokens = jnp.asarray(np.stack([encode("a red circle left of a blue square", 40)]))
+    later = tokens.at[0, 20:30].set(jnp.asarray(encode("xyzxyzxyz", 12)[1:11]))
+    swapped = jnp.asarray(np.stack([encode("a blue square left of a red circle", 40)]))
+    for causal in (True, False):
+        enc = TextEncoder(**{**TINY_TEXT, "max_len": 40, "causal": causal})
+        params = enc.init(jax.random.key(0), tokens)
+        seq, pooled, _ = enc.apply(params, tokens)
+        seq_later, _, _ = enc.apply(params, later)
+        # Causal: the states before position 20 cannot see what changed after it.
+        same_prefix = np.allclose(seq[0, :20], seq_later[0, :20], atol=1e-6)
+        assert same_prefix == causal
+        # The same bytes in another order: without position embeddings a bidirectional mean is
+        # exactly a bag of words; a causal one is not, even then.
+        no_pos = jax.tree_util.tree_map_with_path(
+            lambda path, x: jnp.zeros_like(x) if "pos_emb" in str(path) else x, params
+        )
+        _, a, _ = enc.apply(no_pos, tokens)
+        _, b, _ = enc.apply(no_pos, swapped)
+        assert np.allclose(a, b, atol=1e-5) != causal
 
 
 def test_text_encoder_all_pad_row_is_finite_and_long_input_rejected():

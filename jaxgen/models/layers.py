@@ -131,8 +131,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
       q: queries ``[B, Q, N, D]`` (N heads of width D).
       k: keys ``[B, K, N, D]``.
       v: values ``[B, K, N, D]``.
-      mask: optional bool ``[B, K]``; False keys get zero weight. A row with no True key attends
-        uniformly (no NaN).
+      mask: optional bool ``[B, K]`` (per key) or ``[B, Q, K]`` (per query and key); False keys get
+        zero weight. A row with no True key attends uniformly (no NaN).
 
     Returns:
       ``[B, Q, N, D]`` in ``q.dtype``.
@@ -140,7 +140,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
-        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bnqk,bknd->bqnd", w, v)
 

@@ -1,4 +1,4 @@
-"""Byte-level transformer text encoder (pre-LayerNorm, bidirectional, padding-masked)."""
+"""Byte-level transformer text encoder (pre-LayerNorm, padding-masked, optionally causal)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ class EncoderBlock(nn.Module):
 
         Args:
           x: ``[B, L, W]``.
-          mask: bool ``[B, L]``, True for real tokens (keys that may be attended to).
+          mask: bool ``[B, L]``, True for real tokens (keys that may be attended to), or
+            ``[B, L, L]`` per query and key.
           train: enables dropout.
 
         Returns:
@@ -67,6 +68,14 @@ class TextEncoder(nn.Module):
     (an empty caption ``[BOS, EOS, PAD...]`` pools its two tokens), and is exactly invariant to
     trailing PAD tokens. A row that is entirely PAD pools to zeros.
 
+    With ``causal`` each token attends to itself and the tokens before it (as GPT and CLIP's
+    text transformer). That makes word order part of every state: the bytes of "left of" in "a
+    red circle left of a blue square" have seen "red circle" and not "blue square", so the pooled
+    mean tells that caption from "a blue square left of a red circle". With bidirectional
+    attention and mean pooling the two came out as one bag of words (measured with CLIP on
+    shapes: zero-shot relation accuracy stuck at 0.50 of 4, the axis right and the direction a
+    coin flip). No parameters change; a causal encoder loads a bidirectional one's weights.
+
     Attributes:
       vocab_size: token vocabulary size (259 for bytes + PAD/BOS/EOS).
       max_len: the longest token sequence (number of position embeddings).
@@ -75,6 +84,7 @@ class TextEncoder(nn.Module):
       num_heads: attention heads.
       mlp_ratio: MLP hidden width over W.
       dropout: dropout rate (embedding, attention output, MLP output).
+      causal: attend only to earlier tokens (and oneself).
       dtype: compute dtype; parameters stay float32.
     """
 
@@ -85,6 +95,7 @@ class TextEncoder(nn.Module):
     num_heads: int = 4
     mlp_ratio: int = 4
     dropout: float = 0.0
+    causal: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -111,10 +122,13 @@ class TextEncoder(nn.Module):
         pos = self.param("pos_emb", emb_init, (self.max_len, self.width), jnp.float32)
         x = (x + pos[None, :length]).astype(self.dtype)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        attn_mask = mask
+        if self.causal:
+            attn_mask = mask[:, None, :] & jnp.tril(jnp.ones((length, length), bool))[None]
         for i in range(self.depth):
             x = EncoderBlock(
                 self.num_heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}"
-            )(x, mask, train)
+            )(x, attn_mask, train)
         seq = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
         m = mask.astype(jnp.float32)[:, :, None]
         count = jnp.maximum(m.sum(axis=1), 1.0)
