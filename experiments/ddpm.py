@@ -49,7 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             patch_size=2,
         )
     )
-    config.model.text = ml_collections.ConfigDict(dict(width=128, depth=2, num_heads=4))
+    config.model.text = ml_collections.ConfigDict(
+        dict(width=128, depth=2, num_heads=4, causal=False)
+    )
     # The text encoder starts from a CLIP run's (experiments/clip.py, same text settings) and
     # stays frozen: "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip
     # first (~10 minutes on a 2-core CPU); a path reuses a trained CLIP workdir; "" trains the
@@ -185,7 +187,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.unet.cross_attn_resolutions = (8,)
         config.model.unet.patch_size = 1
         config.model.unet.num_heads = 1
-        config.model.text = ml_collections.ConfigDict(dict(width=32, depth=1, num_heads=2))
+        config.model.text = ml_collections.ConfigDict(
+            dict(width=32, depth=1, num_heads=2, causal=False)
+        )
         config.data.image_size = 16
         config.train.steps = 20
         config.train.batch_size = 8

@@ -64,7 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.pretrain = ml_collections.ConfigDict({"clip": "clip"})
     # Text tower shape: must equal the CLIP run's (experiments/clip.py) when loading it.
     config.model.embed_dim = 128
-    config.model.text = ml_collections.ConfigDict(dict(width=128, depth=2, num_heads=4))
+    config.model.text = ml_collections.ConfigDict(
+        dict(width=128, depth=2, num_heads=4, causal=False)
+    )
 
     config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
 
@@ -111,7 +113,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.z_dim = 16
         config.model.text_dim = 16
         config.model.embed_dim = 32
-        config.model.text = ml_collections.ConfigDict(dict(width=32, depth=1, num_heads=2))
+        config.model.text = ml_collections.ConfigDict(
+            dict(width=32, depth=1, num_heads=2, causal=False)
+        )
         spec = config.pretrain.clip
         config.pretrain.clip = spec + (",smoke" if ":" in spec else ":smoke")
         config.data.image_size = 16

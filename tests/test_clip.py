@@ -2,10 +2,12 @@
 the shapes content keys and caption variants, and the pipeline end to end on a smoke run."""
 
 import json
+import re
 
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from helpers import run_cli
@@ -33,6 +35,27 @@ def test_contrastive_loss_matches_numpy():
 
     np.testing.assert_allclose(logits, s, rtol=1e-5)
     np.testing.assert_allclose(loss, 0.5 * (xent_rows(s) + xent_rows(s.T)), rtol=1e-5)
+
+
+def test_contrastive_loss_with_hard_negatives_matches_numpy():
+    # Image i's softmax runs over the 4 captions and 3 negatives; text -> image is unchanged.
+    rng = np.random.default_rng(1)
+    img, txt, neg = (_unit(rng.normal(size=(n, 6))) for n in (4, 4, 3))
+    scale = 2.5
+    loss, logits = contrastive_loss(*(jnp.asarray(a) for a in (img, txt, scale, neg)))
+    s = np.exp(scale) * img @ np.concatenate([txt, neg]).T
+    i2t = np.mean([np.log(np.exp(s[i]).sum()) - s[i, i] for i in range(4)])
+    t2i = np.mean([np.log(np.exp(s[:, j]).sum() - 0) - s[j, j] for j in range(4)])
+    np.testing.assert_allclose(logits, s, rtol=1e-5)
+    np.testing.assert_allclose(loss, 0.5 * (i2t + t2i), rtol=1e-5)
+    # A negative that copies the right caption raises the loss by log 2 per image in i2t.
+    plain, _ = contrastive_loss(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(scale))
+    s_plain = np.exp(scale) * img @ txt.T
+    doubled, _ = contrastive_loss(*(jnp.asarray(a) for a in (img, txt, scale, txt)))
+    expected = np.mean(
+        [np.log(2 * np.exp(s_plain[i]).sum()) - np.log(np.exp(s_plain[i]).sum()) for i in range(4)]
+    )
+    np.testing.assert_allclose(doubled - plain, 0.5 * expected, rtol=1e-5)
 
 
 def test_contrastive_loss_clips_the_logit_scale():
@@ -116,6 +139,107 @@ def test_attribute_variants_change_one_attribute():
                 assert sum(x != y for x, y in zip(c.split(), true.split(), strict=True)) == 1
     # 2 objects x (6 colours - own - other's) + 2 x 3 shapes + 2 x 1 size + 3 relations.
     assert [len(variants[a]) for a in ("colour", "shape", "size", "relation")] == [9, 7, 3, 4]
+
+
+_SIZE_WORDS = {"small": "small", "little": "small", "large": "large", "big": "large"}
+_ITS = {
+    "to its left": "left of",
+    "on its left": "left of",
+    "to its right": "right of",
+    "on its right": "right of",
+    "above it": "above",
+    "below it": "below",
+    "under it": "below",
+}
+_RELS = {
+    "left of": "left of",
+    "right of": "right of",
+    "above": "above",
+    "over": "above",
+    "below": "below",
+    "under": "below",
+    "beneath": "below",
+}
+
+
+def _parse(caption):
+    """(objects, relation) read back from any caption template, by hand, for the tests."""
+    found = re.findall(r"(small|little|large|big) (\w+) (circle|square|triangle|diamond)", caption)
+    objects = [{"colour": c, "shape": s, "size": _SIZE_WORDS[z]} for z, c, s in found]
+    if len(objects) == 1:
+        return objects, None
+    for phrase, rel in _ITS.items():
+        if caption.endswith(phrase):  # "a B with a A to its left": A left of B
+            return objects[::-1], rel
+    middle = caption.split(found[0][2], 1)[1].rsplit(found[1][0], 1)[0]
+    (rel,) = {r for w, r in _RELS.items() if re.search(rf"\b{w}\b", middle)}
+    return objects, rel
+
+
+def _one_change(truth, negative):
+    """The kind of single change that turns truth into negative, or None."""
+    (a, ra), (b, rb) = truth, negative
+    if len(a) != len(b):
+        return None
+    if ra != rb:  # the parser returns objects in the caption's subject-first order
+        return "relation" if a == b else None
+    diffs = [(k, attr) for k in range(len(a)) for attr in a[k] if a[k][attr] != b[k][attr]]
+    if len(diffs) == 1:
+        return diffs[0][1]
+    if len(diffs) == 2 and {attr for _, attr in diffs} == {"colour"}:
+        return (
+            "swap" if (a[0]["colour"], a[1]["colour"]) == (b[1]["colour"], b[0]["colour"]) else None
+        )
+    return None
+
+
+def test_hard_negatives_change_one_attribute_and_keep_pairs_out_of_heldout():
+    source = shapes.ShapesSource("train", hard_negatives=True)
+    kinds = []
+    for i in range(400):
+        truth = source.truth(i)
+        parsed = _parse(truth["caption"])
+        assert shapes.content_key({"objects": parsed[0], "relation": parsed[1]}) == (
+            shapes.content_key(truth)
+        ), truth["caption"]  # the parser reads the truth back
+        negative = _parse(source.negative_caption(i))
+        kind = _one_change(parsed, negative)
+        assert kind is not None, (truth["caption"], source.negative_caption(i))
+        kinds.append(kind)
+        assert all((o["colour"], o["shape"]) in shapes.TRAIN_PAIRS for o in negative[0])
+        assert len({o["colour"] for o in negative[0]}) == len(negative[0])
+    counts = {k: kinds.count(k) for k in set(kinds)}
+    assert set(counts) == {"colour", "shape", "size", "relation", "swap"}, counts
+    # The kind is uniform over those a scene allows: 3 for one object, 5 (or 4) for two. About
+    # 200 scenes of each count: ~107 size changes expected, ~40 relation changes.
+    assert counts["relation"] > 20 and counts["size"] > 70, counts
+
+
+def test_hard_negatives_leave_the_examples_alone():
+    plain, with_neg = (
+        shapes.ShapesSource("train"),
+        shapes.ShapesSource("train", hard_negatives=True),
+    )
+    for i in (0, 7, 99):
+        a, b = plain[i], with_neg[i]
+        assert set(a) == {"image", "tokens"} and set(b) == {"image", "tokens", "neg_tokens"}
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
+        assert with_neg.negative_caption(i) == with_neg.negative_caption(i)  # deterministic
+        assert b["neg_tokens"].dtype == np.int32 and b["neg_tokens"].shape == a["tokens"].shape
+
+
+def test_hard_negatives_need_ground_truth():
+    from jaxgen import data
+
+    config = ml_collections.ConfigDict(
+        dict(name="digits", image_size=16, max_text_len=32, hard_negatives=True)
+    )
+    with pytest.raises(ValueError, match="hard_negatives needs a dataset with ground truth"):
+        data.build_source(config, "train")
+    config.name = "shapes"
+    assert data.build_source(config, "train").hard_negatives
+    assert not data.build_source(config, "test").hard_negatives  # training only
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -217,3 +341,12 @@ def test_ddpm_rejects_a_clip_text_encoder_of_another_shape(clip_workdir, tmp_pat
         "--config.model.text.width=64",
     )
     assert proc.returncode != 0 and "same text settings" in proc.stderr
+
+
+def test_text_encoder_loading_checks_causal(clip_workdir):
+    from jaxgen.pipelines.clip import load_text_encoder
+
+    causal = bool(json.loads((clip_workdir / "config.json").read_text())["model"]["text"]["causal"])
+    load_text_encoder(clip_workdir, causal=causal)
+    with pytest.raises(ValueError, match="model.text.causal"):
+        load_text_encoder(clip_workdir, causal=not causal)

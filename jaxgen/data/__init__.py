@@ -15,8 +15,17 @@ def build_source(data_config, split: str):
         ``tfds`` also needs ``tfds_name`` (and optionally ``data_dir``), ``folder`` needs
         ``directory`` (and optionally ``test_directory`` for evaluation prompts).
       split: "train", "test" (and "heldout" for shapes).
+
+    ``data_config.hard_negatives`` (shapes only) adds a hard-negative caption to every training
+    example, ``"neg_tokens"`` (``shapes.hard_negative``).
     """
     name = data_config.name
+    hard_negatives = bool(data_config.get("hard_negatives", False))
+    if hard_negatives and name != "shapes":
+        raise ValueError(
+            f"data.hard_negatives needs a dataset with ground truth to change (shapes); "
+            f"{name!r} has none. Set --config.data.hard_negatives=False."
+        )
     size, max_len = int(data_config.image_size), int(data_config.max_text_len)
     if name == "shapes":
         from jaxgen.data.shapes import ShapesSource
@@ -26,6 +35,7 @@ def build_source(data_config, split: str):
             image_size=size,
             seed=int(data_config.get("seed", 0)),
             max_text_len=max_len,
+            hard_negatives=hard_negatives and split == "train",
         )
     if name == "digits":
         from jaxgen.data.digits import DigitsSource

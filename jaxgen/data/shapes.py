@@ -322,6 +322,65 @@ def sample_truth(
     return {"caption": caption, "objects": objects, "relation": relation}
 
 
+# The negatives of example i draw from their own stream, so turning them on leaves the examples
+# themselves unchanged.
+_NEGATIVE_STREAM = 16
+
+
+def hard_negative(truth: dict, rng: _Draws, pairs: Sequence[tuple[str, str]] = TRAIN_PAIRS):
+    """A scene that differs from ``truth`` in one attribute: a "hard negative" for contrastive
+    training (NegCLIP, Yuksekgonul et al. 2023).
+
+    In a random batch almost no other caption shares a scene's objects, so a contrastive loss is
+    satisfied by a bag of words: it never has to tell "a red circle left of a blue square" from
+    "a blue circle left of a red square" or "... right of ...". One such caption per example,
+    scored against the image, asks the model to bind attributes to objects and to read
+    relations (on shapes, measured: it did not teach the relation's direction; README).
+
+    The kind of change is drawn uniformly among those the scene allows, then the change itself:
+    colour, shape or size of one object; for two objects also the relation, or the two objects'
+    colours swapped. Every (colour, shape) of the result is in ``pairs`` (by default the
+    training pairs, so no held-out pair ever appears, not even as a negative caption) and two
+    objects never share a colour, as in the dataset.
+
+    Args:
+      truth: a ground truth (``sample_truth``).
+      rng: the draws to use.
+      pairs: the allowed (colour, shape) pairs.
+
+    Returns:
+      ``(objects, relation)`` of the changed scene (boxes are the truth's and mean nothing).
+    """
+    objects = [dict(o) for o in truth["objects"]]
+    relation = truth.get("relation")
+    allowed = set(pairs)
+    changes: dict[str, list] = {"colour": [], "shape": [], "size": []}
+    values = {"colour": COLOUR_NAMES, "shape": SHAPES, "size": SIZES}
+    for attr, options in values.items():
+        for k, obj in enumerate(objects):
+            taken = {o["colour"] for j, o in enumerate(objects) if j != k}
+            for value in options:
+                changed = [dict(o) for o in objects]
+                changed[k][attr] = value
+                if (
+                    value != obj[attr]
+                    and not (attr == "colour" and value in taken)
+                    and (changed[k]["colour"], changed[k]["shape"]) in allowed
+                ):
+                    changes[attr].append((changed, relation))
+    if relation is not None:
+        changes["relation"] = [(objects, r) for r in RELATIONS if r != relation]
+        a, b = (dict(o) for o in objects)
+        a["colour"], b["colour"] = b["colour"], a["colour"]
+        if {(a["colour"], a["shape"]), (b["colour"], b["shape"])} <= allowed and (
+            content_key({"objects": [a, b], "relation": relation}) != content_key(truth)
+        ):
+            changes["swap"] = [([a, b], relation)]
+    kinds = [k for k, v in changes.items() if v]
+    options = changes[kinds[rng.integers(len(kinds))]]
+    return options[rng.integers(len(options))]
+
+
 class ShapesSource:
     """Random-access source of `shapes` examples (grain-compatible).
 
@@ -332,6 +391,8 @@ class ShapesSource:
       seed: dataset seed; example i is a pure function of (seed, split, i).
       num_examples: length; defaults to DEFAULT_LENGTHS[split].
       max_text_len: token length L of the caption tokens.
+      hard_negatives: also return ``"neg_tokens"``, the caption of a scene that differs from
+        the example's in one attribute (``hard_negative``), for contrastive training.
     """
 
     def __init__(
@@ -341,6 +402,7 @@ class ShapesSource:
         seed: int = 0,
         num_examples: int | None = None,
         max_text_len: int = 64,
+        hard_negatives: bool = False,
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {tuple(SPLITS)}")
@@ -350,6 +412,7 @@ class ShapesSource:
         self.seed = int(seed)
         self.num_examples = DEFAULT_LENGTHS[split] if num_examples is None else int(num_examples)
         self.max_text_len = int(max_text_len)
+        self.hard_negatives = bool(hard_negatives)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -357,7 +420,8 @@ class ShapesSource:
     def __repr__(self) -> str:
         return (
             f"ShapesSource(split={self.split!r}, image_size={self.image_size}, seed={self.seed}, "
-            f"num_examples={self.num_examples}, max_text_len={self.max_text_len})"
+            f"num_examples={self.num_examples}, max_text_len={self.max_text_len}, "
+            f"hard_negatives={self.hard_negatives})"
         )
 
     def _index(self, index) -> int:
@@ -385,10 +449,23 @@ class ShapesSource:
         ex["tokens"] = tokenizer.encode(ex["caption"], self.max_text_len)
         return ex
 
+    def negative_caption(self, index: int) -> str:
+        """The caption of example ``index``'s hard negative (see ``hard_negative``)."""
+        i = self._index(index)
+        truth = self.truth(i)
+        rng = _Draws(self.seed, SPLITS[self.split] + _NEGATIVE_STREAM, i)
+        pairs = ALL_PAIRS if self.split == "heldout" else TRAIN_PAIRS
+        objects, relation = hard_negative(truth, rng, pairs)
+        return _caption(objects, relation, rng, self.max_text_len - 2)
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        """Returns {"image": uint8 [S, S, 3], "tokens": int32 [max_text_len]}."""
+        """Returns {"image": uint8 [S, S, 3], "tokens": int32 [max_text_len]}, and
+        "neg_tokens" int32 [max_text_len] with ``hard_negatives``."""
         ex = self.example(index)
-        return {"image": ex["image"], "tokens": ex["tokens"]}
+        out = {"image": ex["image"], "tokens": ex["tokens"]}
+        if self.hard_negatives:
+            out["neg_tokens"] = tokenizer.encode(self.negative_caption(index), self.max_text_len)
+        return out
 
     def captions(self, indices: Iterable[int]) -> list[str]:
         """Captions of the given examples."""

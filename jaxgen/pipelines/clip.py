@@ -26,21 +26,34 @@ from jaxgen.training import state as state_lib
 MAX_LOGIT_SCALE = float(np.log(100.0))
 
 
-def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array):
+def contrastive_loss(
+    image_emb: jax.Array,
+    text_emb: jax.Array,
+    logit_scale: jax.Array,
+    negative_text_emb: jax.Array | None = None,
+):
     """Symmetric InfoNCE: the mean of image->text and text->image cross-entropies.
 
     Args:
       image_emb, text_emb: unit vectors ``[B, D]``; row i of each is a matching pair.
       logit_scale: ``log(1 / temperature)`` (clipped at log 100).
+      negative_text_emb: optional unit vectors ``[B', D]`` of extra captions that match no
+        image (hard negatives, as NegCLIP): each image's softmax runs over all ``B + B'``
+        captions; the text->image direction is unchanged.
 
     Returns:
-      ``(loss, logits [B, B])`` with ``logits[i, j] = exp(logit_scale) * <image_i, text_j>``.
+      ``(loss, logits [B, B + B'])`` with ``logits[i, j] = exp(logit_scale) * <image_i, text_j>``
+      over ``text_emb`` then ``negative_text_emb``.
     """
     scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
-    logits = scale * image_emb @ text_emb.T
-    labels = jnp.arange(logits.shape[0])
+    n = text_emb.shape[0]
+    texts = (
+        text_emb if negative_text_emb is None else jnp.concatenate([text_emb, negative_text_emb])
+    )
+    logits = scale * image_emb @ texts.T
+    labels = jnp.arange(n)
     i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits[:, :n].T, labels).mean()
     return 0.5 * (i2t + t2i), logits
 
 
@@ -78,12 +91,17 @@ class CLIPPipeline(Pipeline):
 
     def train_step(self, state, batch, rng):
         x = to_model_space(batch["image"])
+        tokens, n = batch["tokens"], batch["tokens"].shape[0]
+        negatives = "neg_tokens" in batch
+        if negatives:  # one text-tower pass over the captions and their hard negatives
+            tokens = jnp.concatenate([tokens, batch["neg_tokens"]])
 
         def loss_fn(params):
             img, txt, scale = self.model.apply(
-                {"params": params}, x, batch["tokens"], train=True, rngs={"dropout": rng}
+                {"params": params}, x, tokens, train=True, rngs={"dropout": rng}
             )
-            loss, logits = contrastive_loss(img, txt, scale)
+            neg = txt[n:] if negatives else None
+            loss, logits = contrastive_loss(img, txt[:n], scale, neg)
             return loss, logits
 
         params = state.params["clip"]
@@ -92,15 +110,18 @@ class CLIPPipeline(Pipeline):
         params = jax.tree.map(jnp.add, params, updates)
         decay = state_lib.ema_decay_at(state.step, float(self.config.train.ema_decay))
         ema = state_lib.ema_update(state.ema_params["clip"], params, decay)
-        labels = jnp.arange(logits.shape[0])
+        labels = jnp.arange(n)
         metrics = {
             "loss": loss,
             "batch_i2t_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
-            "batch_t2i_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
+            "batch_t2i_accuracy": jnp.mean(jnp.argmax(logits[:, :n], axis=0) == labels),
             "temperature": jnp.exp(-jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)),
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": self.learning_rate(state.step),
         }
+        if negatives:  # how often an image prefers its caption to that caption's hard negative
+            pos, neg = jnp.diagonal(logits[:, :n]), jnp.diagonal(logits[:, n:])
+            metrics["batch_negative_accuracy"] = jnp.mean(pos > neg)
         new_state = state.replace(
             step=state.step + 1,
             params={"clip": params},
@@ -198,11 +219,13 @@ class CLIPPipeline(Pipeline):
         return [self.evaluate_embeddings]
 
 
-def load_text_tower(workdir: str) -> tuple[dict, object]:
+def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, object]:
     """The (EMA) parameters of a trained CLIP's ``TextTower`` and the CLIP run's config.
 
     Args:
       workdir: a directory written by training ``experiments/clip.py``.
+      causal: the attention the loading model's text encoder uses (``model.text.causal``); it
+        must be the CLIP's, which the parameter shapes cannot show (ValueError otherwise).
 
     Returns:
       ``(params, config)``: numpy parameters ``{"encoder": ..., "proj": ...}`` for
@@ -216,18 +239,26 @@ def load_text_tower(workdir: str) -> tuple[dict, object]:
             f"{workdir} holds a {model.config.pipeline!r} run; a text encoder can only be "
             "loaded from a CLIP run (experiments/clip.py)."
         )
+    trained_causal = bool(model.config.model.text.get("causal", False))
+    if causal is not None and bool(causal) != trained_causal:
+        raise ValueError(
+            f"The CLIP text encoder in {workdir} was trained with model.text.causal="
+            f"{trained_causal}, but this model's model.text.causal={bool(causal)}: the same "
+            "weights would compute other features. Set model.text.causal to the CLIP run's."
+        )
     return jax.device_get(model.state.ema_params["clip"]["text"]), model.config
 
 
-def load_text_encoder(workdir: str, like=None):
+def load_text_encoder(workdir: str, like=None, causal: bool | None = None):
     """The (EMA) ``TextEncoder`` parameters of a trained CLIP workdir, as numpy arrays.
 
     Args:
       workdir: a directory written by training ``experiments/clip.py``.
       like: optional parameter tree the result must match (structure and shapes), e.g. the
         text encoder of a DDPM UNet; a mismatch is a ValueError naming the CLIP's settings.
+      causal: checked against the CLIP's ``model.text.causal`` (``load_text_tower``).
     """
-    params, config = load_text_tower(workdir)
+    params, config = load_text_tower(workdir, causal)
     params = params["encoder"]
     if like is not None and jax.tree.map(np.shape, like) != jax.tree.map(np.shape, params):
         raise ValueError(

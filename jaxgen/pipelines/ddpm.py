@@ -96,7 +96,10 @@ class DDPMPipeline(Pipeline):
         from jaxgen.pipelines.clip import load_text_encoder
 
         params = dict(state.params["unet"])
-        params["text_encoder"] = load_text_encoder(self.text_init, like=params["text_encoder"])
+        causal = bool(self.config.model.text.get("causal", False))
+        params["text_encoder"] = load_text_encoder(
+            self.text_init, like=params["text_encoder"], causal=causal
+        )
         return state.replace(params={"unet": params}, ema_params={"unet": params})
 
     def train_step(self, state, batch, rng):

@@ -148,7 +148,7 @@ class GANINTCLSPipeline(Pipeline):
         from jaxgen.pipelines.clip import load_text_tower
 
         path = self.config.model.text_init
-        text, clip_config = load_text_tower(path)
+        text, clip_config = load_text_tower(path, bool(self.config.model.text.get("causal", False)))
         if jax.tree.map(np.shape, text) != jax.tree.map(np.shape, state.params["text"]):
             raise ValueError(
                 f"The CLIP text tower in {path} (model.text={clip_config.model.text.to_dict()}, "
