@@ -83,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 temperature_end=1.0 / 16.0,
                 anneal_steps=800,
                 # Per-token KL (nats) against the per-pixel MSE: a small weight, ramped up.
+                # 1e-4 measured the same on shapes (held-out 25.1 dB, shape 0.80; README).
                 kl_weight=1e-3,
                 kl_warmup_steps=200,
                 # KL of the batch-averaged posterior to uniform: spreads tokens over the codebook.
