@@ -108,6 +108,37 @@ def test_wrong_shape_size_and_relation_are_caught():
     assert judge.judge_batch(np.stack(mirrored), two_object)["relation"] == 0.0
 
 
+def test_relation_confusion_separates_axis_from_direction():
+    images, truths = _real("test", 300)
+    pairs = [(img, t) for img, t in zip(images, truths, strict=True) if t["relation"]]
+    two = [t for _, t in pairs]
+    real = judge.relation_confusion(np.stack([img for img, _ in pairs]), truths=two)
+    counts = np.bincount([shapes.RELATIONS.index(t["relation"]) for t in two], minlength=4)
+    np.testing.assert_array_equal(real["matrix"], np.c_[np.diag(counts), np.zeros(4, int)])
+    assert real["relation"] == real["axis"] == 1.0
+    # Swapped positions: the axis stays, the direction flips (left <-> right, above <-> below).
+    swapped = [
+        shapes.render_scene(
+            [
+                dict(t["objects"][0], box=t["objects"][1]["box"]),
+                dict(t["objects"][1], box=t["objects"][0]["box"]),
+            ],
+            32,
+        )
+        for t in two
+    ]
+    flipped = judge.relation_confusion(np.stack(swapped), two)
+    mirror = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]])
+    np.testing.assert_array_equal(flipped["matrix"][:, :4], mirror * counts[:, None])
+    assert flipped["relation"] == 0.0 and flipped["axis"] == 1.0
+    # A black image has no objects: every row lands in "not readable".
+    black = judge.relation_confusion(np.zeros((len(two), 32, 32, 3), np.uint8), two)
+    np.testing.assert_array_equal(black["matrix"][:, 4], counts)
+    assert np.isnan(black["relation"])
+    with pytest.raises(ValueError, match="truths"):
+        judge.relation_confusion(np.zeros((2, 32, 32, 3), np.uint8), two[:1])
+
+
 def test_count_detects_extra_object():
     _, truths = _real("test", 100)
     one = [t for t in truths if len(t["objects"]) == 1][:20]

@@ -147,17 +147,9 @@ def detect_objects(images, dark_threshold: float = 0.4) -> list[list[dict]]:
 
 def _relation_holds(subject: dict, other: dict, relation: str) -> bool:
     # The dataset guarantees the offset along the relation's axis dominates the other axis.
-    dx = subject["centroid"][0] - other["centroid"][0]
-    dy = subject["centroid"][1] - other["centroid"][1]
-    if relation == "left of":
-        return dx < 0 and abs(dx) > abs(dy)
-    if relation == "right of":
-        return dx > 0 and abs(dx) > abs(dy)
-    if relation == "above":
-        return dy < 0 and abs(dy) > abs(dx)
-    if relation == "below":
-        return dy > 0 and abs(dy) > abs(dx)
-    raise ValueError(f"unknown relation {relation!r}; valid: {shapes.RELATIONS}")
+    if relation not in shapes.RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; valid: {shapes.RELATIONS}")
+    return drawn_relation(subject, other) == relation
 
 
 def judge_one(detected: list[dict], truth: dict) -> dict:
@@ -229,6 +221,60 @@ def judge_batch(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> 
         "all": mean([r["all"] for r in results]),
         "num_images": len(results),
         "num_relations": len(relations),
+    }
+
+
+def drawn_relation(subject: dict, other: dict) -> str | None:
+    """The relation of ``subject`` to ``other`` along the axis their centroids differ most, or
+    None when neither axis dominates."""
+    dx = subject["centroid"][0] - other["centroid"][0]
+    dy = subject["centroid"][1] - other["centroid"][1]
+    if abs(dx) > abs(dy):
+        return "left of" if dx < 0 else "right of"
+    if abs(dy) > abs(dx):
+        return "above" if dy < 0 else "below"
+    return None
+
+
+def relation_confusion(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> dict:
+    """Which relation each image draws between its two prompted objects, against the asked one.
+
+    Separates the two ways a relation can be wrong: the axis (asked "left of", drew "above") and
+    the direction (asked "left of", drew "right of": the objects swapped).
+
+    Args:
+      images: [N, S, S, 3], uint8 or float in [-1, 1].
+      truths: N ground truths; one-object ones are skipped.
+      dark_threshold: see `classify_pixels`.
+
+    Returns:
+      {"matrix": int [4, 5] (rows: asked relation in shapes.RELATIONS order; columns: drawn
+       relation, then "not readable": an object's colour is missing or no axis dominates),
+       "relation": accuracy over the readable images, "axis": the fraction of those with the
+       right axis}.
+    """
+    images = np.asarray(images)
+    if len(images) != len(truths):
+        raise ValueError(f"{len(images)} images but {len(truths)} truths")
+    matrix = np.zeros((len(shapes.RELATIONS), len(shapes.RELATIONS) + 1), np.int64)
+    for detected, truth in zip(detect_objects(images, dark_threshold), truths, strict=True):
+        if truth.get("relation") is None:
+            continue
+        by_colour: dict[str, dict] = {}
+        for obj in detected:
+            by_colour.setdefault(obj["colour"], obj)
+        a, b = (by_colour.get(o["colour"]) for o in truth["objects"])
+        row = shapes.RELATIONS.index(truth["relation"])
+        drawn = None if a is None or b is None else drawn_relation(a, b)
+        col = len(shapes.RELATIONS) if drawn is None else shapes.RELATIONS.index(drawn)
+        matrix[row, col] += 1
+    found = matrix[:, :-1]
+    total = found.sum()
+    axis = found[:2, :2].sum() + found[2:, 2:].sum()  # RELATIONS: two horizontal, two vertical
+    return {
+        "matrix": matrix,
+        "relation": float(np.trace(found) / total) if total else float("nan"),
+        "axis": float(axis / total) if total else float("nan"),
     }
 
 
