@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(
                 temperature_start=1.0,
                 temperature_end=1.0 / 16.0,
+                # 400 measured worse on shapes (held-out 23.9 dB, shape 0.62; README).
                 anneal_steps=800,
                 # Per-token KL (nats) against the per-pixel MSE: a small weight, ramped up.
                 # 1e-4 measured the same on shapes (held-out 25.1 dB, shape 0.80; README).
