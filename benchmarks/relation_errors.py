@@ -10,12 +10,11 @@ blocks on the diagonal evenly. The workdir is not written to.
 """
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
-
-import ast  # noqa: E402
 
 from jaxgen import api  # noqa: E402
 from jaxgen.data import shapes  # noqa: E402

@@ -13,6 +13,7 @@ import pytest
 from helpers import run_cli
 
 from jaxgen.data import shapes
+from jaxgen.data.tokenizer import encode
 from jaxgen.evaluation import clip_metrics
 from jaxgen.models.clip import CLIP, ImageEncoder
 from jaxgen.pipelines.clip import contrastive_loss
@@ -223,6 +224,9 @@ def test_hard_negatives_leave_the_examples_alone():
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["tokens"], b["tokens"])
         assert with_neg.negative_caption(i) == with_neg.negative_caption(i)  # deterministic
+        np.testing.assert_array_equal(
+            b["neg_tokens"], encode(with_neg.negative_caption(i), a["tokens"].shape[0])
+        )
         assert b["neg_tokens"].dtype == np.int32 and b["neg_tokens"].shape == a["tokens"].shape
 
 

@@ -354,20 +354,14 @@ def hard_negative(truth: dict, rng: _Draws, pairs: Sequence[tuple[str, str]] = T
     objects = [dict(o) for o in truth["objects"]]
     relation = truth.get("relation")
     allowed = set(pairs)
-    changes: dict[str, list] = {"colour": [], "shape": [], "size": []}
-    values = {"colour": COLOUR_NAMES, "shape": SHAPES, "size": SIZES}
-    for attr, options in values.items():
-        for k, obj in enumerate(objects):
-            taken = {o["colour"] for j, o in enumerate(objects) if j != k}
-            for value in options:
-                changed = [dict(o) for o in objects]
-                changed[k][attr] = value
-                if (
-                    value != obj[attr]
-                    and not (attr == "colour" and value in taken)
-                    and (changed[k]["colour"], changed[k]["shape"]) in allowed
-                ):
-                    changes[attr].append((changed, relation))
+    changes = {
+        attr: [
+            (changed, relation)
+            for changed in variants
+            if all((o["colour"], o["shape"]) in allowed for o in changed)
+        ]
+        for attr, variants in _one_attribute_changes(objects).items()
+    }
     if relation is not None:
         changes["relation"] = [(objects, r) for r in RELATIONS if r != relation]
         a, b = (dict(o) for o in objects)
@@ -449,10 +443,11 @@ class ShapesSource:
         ex["tokens"] = tokenizer.encode(ex["caption"], self.max_text_len)
         return ex
 
-    def negative_caption(self, index: int) -> str:
-        """The caption of example ``index``'s hard negative (see ``hard_negative``)."""
+    def negative_caption(self, index: int, truth: dict | None = None) -> str:
+        """The caption of example ``index``'s hard negative (see ``hard_negative``); pass the
+        example's ``truth`` if it is at hand, to skip sampling it again."""
         i = self._index(index)
-        truth = self.truth(i)
+        truth = self.truth(i) if truth is None else truth
         rng = _Draws(self.seed, SPLITS[self.split] + _NEGATIVE_STREAM, i)
         pairs = ALL_PAIRS if self.split == "heldout" else TRAIN_PAIRS
         objects, relation = hard_negative(truth, rng, pairs)
@@ -464,7 +459,8 @@ class ShapesSource:
         ex = self.example(index)
         out = {"image": ex["image"], "tokens": ex["tokens"]}
         if self.hard_negatives:
-            out["neg_tokens"] = tokenizer.encode(self.negative_caption(index), self.max_text_len)
+            caption = self.negative_caption(index, ex)
+            out["neg_tokens"] = tokenizer.encode(caption, self.max_text_len)
         return out
 
     def captions(self, indices: Iterable[int]) -> list[str]:
@@ -524,6 +520,25 @@ def describe(objects: Sequence[dict], relation: str | None) -> str:
     return f"a {phrases[0]} {relation} a {phrases[1]}"
 
 
+def _one_attribute_changes(objects: Sequence[dict]) -> dict[str, list[list[dict]]]:
+    """Per attribute ("colour", "shape", "size"), every copy of ``objects`` with that attribute
+    of one object changed, object by object, values in their tuple's order; a colour is never
+    changed to another object's colour (the dataset never draws two objects of one colour)."""
+    values = {"colour": COLOUR_NAMES, "shape": SHAPES, "size": SIZES}
+    out = {}
+    for attr, options in values.items():
+        out[attr] = []
+        for k, obj in enumerate(objects):
+            taken = {o["colour"] for j, o in enumerate(objects) if j != k}
+            for value in options:
+                if value == obj[attr] or (attr == "colour" and value in taken):
+                    continue
+                changed = [dict(o) for o in objects]
+                changed[k][attr] = value
+                out[attr].append(changed)
+    return out
+
+
 def attribute_variants(truth: dict) -> dict[str, list[str]]:
     """Captions that differ from the truth in one attribute alone, the truth's own first.
 
@@ -535,19 +550,10 @@ def attribute_variants(truth: dict) -> dict[str, list[str]]:
     """
     objects = [dict(o) for o in truth["objects"]]
     relation = truth.get("relation")
-    values = {"colour": COLOUR_NAMES, "shape": SHAPES, "size": SIZES}
-    out = {}
-    for attr, options in values.items():
-        captions = [describe(objects, relation)]
-        for k, obj in enumerate(objects):
-            taken = {o["colour"] for j, o in enumerate(objects) if j != k}
-            for value in options:
-                if value == obj[attr] or (attr == "colour" and value in taken):
-                    continue
-                changed = [dict(o) for o in objects]
-                changed[k][attr] = value
-                captions.append(describe(changed, relation))
-        out[attr] = captions
+    out = {
+        attr: [describe(objects, relation)] + [describe(c, relation) for c in variants]
+        for attr, variants in _one_attribute_changes(objects).items()
+    }
     if relation is not None:
         out["relation"] = [describe(objects, relation)] + [
             describe(objects, r) for r in RELATIONS if r != relation

@@ -152,6 +152,14 @@ def _relation_holds(subject: dict, other: dict, relation: str) -> bool:
     return drawn_relation(subject, other) == relation
 
 
+def _match_by_colour(detected: list[dict], truth: dict) -> list[dict | None]:
+    """Per truth object, the detected object of its colour (None if absent)."""
+    by_colour: dict[str, dict] = {}
+    for obj in detected:  # largest first: the largest component of a colour stands for it
+        by_colour.setdefault(obj["colour"], obj)
+    return [by_colour.get(t["colour"]) for t in truth["objects"]]
+
+
 def judge_one(detected: list[dict], truth: dict) -> dict:
     """Scores one image's detected objects against one ground truth.
 
@@ -163,10 +171,7 @@ def judge_one(detected: list[dict], truth: dict) -> dict:
       {"colour": [bool per truth object], "shape": [...], "size": [...], "count": bool,
        "relation": bool or None (one-object truth), "all": bool}.
     """
-    by_colour: dict[str, dict] = {}
-    for obj in detected:  # largest first: the largest component of a colour stands for it
-        by_colour.setdefault(obj["colour"], obj)
-    matched = [by_colour.get(t["colour"]) for t in truth["objects"]]
+    matched = _match_by_colour(detected, truth)
     colour = [m is not None for m in matched]
     pairs = list(zip(matched, truth["objects"], strict=True))
     shape = [m is not None and m["shape"] == t["shape"] for m, t in pairs]
@@ -260,10 +265,7 @@ def relation_confusion(images, truths: Sequence[dict], dark_threshold: float = 0
     for detected, truth in zip(detect_objects(images, dark_threshold), truths, strict=True):
         if truth.get("relation") is None:
             continue
-        by_colour: dict[str, dict] = {}
-        for obj in detected:
-            by_colour.setdefault(obj["colour"], obj)
-        a, b = (by_colour.get(o["colour"]) for o in truth["objects"])
+        a, b = _match_by_colour(detected, truth)
         row = shapes.RELATIONS.index(truth["relation"])
         drawn = None if a is None or b is None else drawn_relation(a, b)
         col = len(shapes.RELATIONS) if drawn is None else shapes.RELATIONS.index(drawn)
