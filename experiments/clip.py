@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.image_dim = 256
     # 2x2 patches folded into channels: the tower runs at 16, 8, 4 (lossless for these images).
     config.model.image_patch_size = 2
+    # "flatten" or "moments" (ImageEncoder.pool). Measured on shapes: moments raised held-out
+    # zero-shot shape at step 425 (0.58 against 0.51) but not at the end (0.66 against 0.65).
+    config.model.image_pool = "flatten"
     config.model.init_temperature = 0.07
 
     config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))

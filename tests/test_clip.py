@@ -15,7 +15,7 @@ from helpers import run_cli
 from jaxgen.data import shapes
 from jaxgen.data.tokenizer import encode
 from jaxgen.evaluation import clip_metrics
-from jaxgen.models.clip import CLIP, ImageEncoder
+from jaxgen.models.clip import CLIP, ImageEncoder, spatial_moments
 from jaxgen.pipelines.clip import contrastive_loss
 
 
@@ -272,6 +272,33 @@ def test_image_encoder_keeps_position():
     out = enc.apply(variables, x)
     chex.assert_shape(out, (2, 8))
     assert np.abs(out[0] - out[1]).max() > 1e-3
+
+
+def test_spatial_moments_closed_form_and_mirror():
+    # One active position (row 1, column 3) of a 3x4 map: mean 1/12, x-moment x_3/12 = 1/12,
+    # y-moment y_1/12 = 0 (rows at -1, 0, 1; columns at -1, -1/3, 1/3, 1).
+    f = np.zeros((1, 3, 4, 2), np.float32)
+    f[0, 1, 3, 0] = 1.0
+    f[0, 2, 0, 1] = 2.0  # channel 1: row 2 (y = 1), column 0 (x = -1)
+    out = np.asarray(spatial_moments(jnp.asarray(f)))
+    np.testing.assert_allclose(out[0], [1 / 12, 2 / 12, 1 / 12, -2 / 12, 0.0, 2 / 12], atol=1e-7)
+    mirrored = np.asarray(spatial_moments(jnp.asarray(f[:, :, ::-1])))
+    np.testing.assert_allclose(mirrored[0, 2:4], -out[0, 2:4], atol=1e-7)  # x flips sign
+    np.testing.assert_allclose(mirrored[0, [0, 1, 4, 5]], out[0, [0, 1, 4, 5]], atol=1e-7)
+
+
+def test_image_encoder_moments_pool_keeps_left_from_right():
+    enc = ImageEncoder(widths=(4, 8), out_dim=8, pool="moments")
+    x = np.zeros((2, 16, 16, 3), np.float32)
+    x[0, 6:10, 1:5] = 1.0  # a square on the left
+    x[1, 6:10, 11:15] = 1.0  # the same square on the right
+    variables = enc.init(jax.random.key(0), x)
+    assert variables["params"]["fc"]["kernel"].shape == (3 * 8, 8)  # one weight per channel
+    out = enc.apply(variables, x)
+    chex.assert_shape(out, (2, 8))
+    assert np.abs(out[0] - out[1]).max() > 1e-3
+    with pytest.raises(ValueError, match="image pool"):
+        ImageEncoder(widths=(4,), out_dim=8, pool="max").init(jax.random.key(0), x)
 
 
 # -- the pipeline end to end --------------------------------------------------------------------

@@ -26,6 +26,25 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
+POOLS = ("flatten", "moments")
+
+
+def spatial_moments(f: jax.Array) -> jax.Array:
+    """``[B, H, W, C] -> [B, 3C]``: the means over positions of ``f``, ``f * x`` and ``f * y``.
+
+    ``x`` runs from -1 (left) to 1 (right) and ``y`` from -1 (top) to 1 (bottom), pixel centres
+    of the feature map. A mirrored image negates the ``x`` moments, so left and right stay apart.
+    """
+    _, h, w, _ = f.shape
+    f = f.astype(jnp.float32)
+    ys = jnp.linspace(-1.0, 1.0, h) if h > 1 else jnp.zeros((1,))
+    xs = jnp.linspace(-1.0, 1.0, w) if w > 1 else jnp.zeros((1,))
+    mean = jnp.mean(f, axis=(1, 2))
+    mx = jnp.mean(f * xs[None, None, :, None], axis=(1, 2))
+    my = jnp.mean(f * ys[None, :, None, None], axis=(1, 2))
+    return jnp.concatenate([mean, mx, my], axis=-1)
+
+
 class ImageEncoder(nn.Module):
     """Conv tower: per stage two 3x3 convs (the first strided 2 after stage 0), GELU, LayerNorm.
 
@@ -34,12 +53,17 @@ class ImageEncoder(nn.Module):
         the tower then runs at ``H / p``, ``p ** 2`` times cheaper at the first stage.
       widths: channels per stage; the resolution halves after every stage but the first.
       out_dim: width of the returned feature vector.
+      pool: how the last feature map ``f`` becomes a vector. ``"flatten"``: all positions
+        concatenated (a dense weight per position and channel). ``"moments"``: per channel the
+        spatial mean of ``f``, of ``f * x`` and of ``f * y`` (``x, y`` in [-1, 1] the position):
+        what a channel sees and where, with one weight per channel for every position.
       dtype: compute dtype (parameters stay float32).
     """
 
     widths: Sequence[int] = (32, 64, 128)
     out_dim: int = 256
     patch_size: int = 1
+    pool: str = "flatten"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -65,7 +89,12 @@ class ImageEncoder(nn.Module):
             x = nn.gelu(x)
             x = conv3x3(width, self.dtype, name=f"conv{i}_b")(x)
             x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name=f"ln{i}")(x))
-        x = x.reshape(x.shape[0], -1)  # flatten keeps position: relations live there
+        if self.pool == "flatten":
+            x = x.reshape(x.shape[0], -1)  # keeps position: relations live there
+        elif self.pool == "moments":
+            x = spatial_moments(x)
+        else:
+            raise ValueError(f"Unknown image pool {self.pool!r}; valid: {', '.join(POOLS)}.")
         x = nn.gelu(dense(self.out_dim, self.dtype, name="fc")(x))
         return nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x)
 
@@ -102,6 +131,7 @@ class CLIP(nn.Module):
       image_widths: channels per stage of the ``ImageEncoder``.
       image_dim: width of the image tower's feature vector.
       image_patch_size: space-to-depth factor at the image tower's input.
+      image_pool: ``ImageEncoder.pool``.
       init_temperature: initial softmax temperature (CLIP: 0.07).
       dtype: compute dtype of both towers.
     """
@@ -111,13 +141,19 @@ class CLIP(nn.Module):
     image_widths: Sequence[int] = (32, 64, 128)
     image_dim: int = 256
     image_patch_size: int = 1
+    image_pool: str = "flatten"
     init_temperature: float = 0.07
     dtype: Dtype = jnp.float32
 
     def setup(self):
         self.text_tower = TextTower(self.embed_dim, self.text, self.dtype, name="text")
         self.image_encoder = ImageEncoder(
-            self.image_widths, self.image_dim, self.image_patch_size, self.dtype, name="image"
+            self.image_widths,
+            self.image_dim,
+            self.image_patch_size,
+            self.image_pool,
+            self.dtype,
+            name="image",
         )
         self.image_proj = nn.Dense(self.embed_dim, use_bias=False, name="image_proj")
         self.logit_scale = self.param(

@@ -70,6 +70,7 @@ class CLIPPipeline(Pipeline):
             image_widths=tuple(mc.image_widths),
             image_dim=int(mc.image_dim),
             image_patch_size=int(mc.get("image_patch_size", 1)),
+            image_pool=str(mc.get("image_pool", "flatten")),
             init_temperature=float(mc.init_temperature),
             dtype=state_lib.compute_dtype(mc),
         )
