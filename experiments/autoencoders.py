@@ -47,9 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.num_res_blocks = 1
     config.model.patch_size = 2
     # Codes: K entries of code_dim (a low code_dim is the "factorised" codes of ViT-VQGAN); for
-    # the VAE, code_dim is the latent's channels.
+    # the VAE, code_dim is the latent's channels; for the dVAE, the width of the code embedding
+    # that the decoder reads (DALL-E feeds the one-hot to a conv: a full-width embedding).
     config.model.num_codes = 512
-    config.model.code_dim = 4 if kind == "vae" else 8
+    config.model.code_dim = {"vae": 4, "dvae": 128}.get(kind, 8)
     # "mse" optimises PSNR directly; "l1" is VQGAN's pixel loss.
     config.model.rec_loss = "mse"
     # VGG16 perceptual loss (VQGAN): used when the weight file is on disk, else off with a
@@ -95,6 +96,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # evaluation, instead of DALL-E's relaxed mixture of codes. Measured on shapes:
                 # 2 dB lower held-out PSNR at 15 minutes (README), so off.
                 straight_through=False,
+                # Multiplies the encoder's logits: their margins against the Gumbel noise, and
+                # how fast they grow. Measured on shapes at step 450 (two runs at a time):
+                # held-out PSNR 23.9 dB, shape 0.80 at 4 against 23.0 dB, 0.61 at 1 and
+                # 23.6 dB, 0.71 at 8; with code_dim 128 (8 before) 24.6 dB, 0.85 (README).
+                logit_scale=4.0,
                 dead_threshold=0.03,
                 usage_decay=0.9,
             )
@@ -119,7 +125,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ~1.3 s/step at batch 64 on a 2-core CPU (measured): the cosine ends near 20 minutes.
     config.train.steps = 900
     config.train.batch_size = 64
-    config.train.learning_rate = 1e-3
+    # dVAE: 2e-3 measured better on shapes at step 450 (held-out PSNR 25.1 against 24.6 dB).
+    config.train.learning_rate = 2e-3 if kind == "dvae" else 1e-3
     config.train.warmup_steps = 100
     config.train.lr_schedule = "cosine"
     config.train.final_lr_fraction = 0.05
@@ -153,6 +160,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.num_samples = 256
         if kind == "dvae":
             config.dvae.anneal_steps = 600
+            # The shapes settings (logit scale 4, 128-d codes) measured worse here: test PSNR
+            # 24.70 dB, classifier accuracy 0.973 against 25.54 dB, 0.977 (800 steps, one core,
+            # both at learning rate 1e-3).
+            config.dvae.logit_scale = 1.0
+            config.model.code_dim = 8
+            config.train.learning_rate = 1e-3
         if kind == "vqgan":
             config.gan.start_step = 400
     elif dataset == "cifar10":

@@ -276,6 +276,28 @@ def test_train_step_metrics(kind, smoke_states):
     assert any(jax.tree.leaves(changed))
 
 
+def test_dvae_posterior_is_the_scaled_logits(smoke_states):
+    # The logged per-token KL to uniform is that of softmax(logit_scale * encoder(x)), computed
+    # here in numpy from the encoder's raw output.
+    from jaxgen.pipelines.ddpm import to_model_space
+
+    pipe, state, batch, step = smoke_states["dvae"]
+    assert pipe.logit_scale == pipe.config.dvae.logit_scale == 4.0
+    raw = pipe.encoder.apply({"params": state.params["encoder"]}, to_model_space(batch["image"]))
+    raw = np.asarray(raw, np.float64)
+
+    def kl_to_uniform(logits):
+        logits = logits - logits.max(-1, keepdims=True)
+        logq = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return np.mean(np.sum(np.exp(logq) * logq, -1) + np.log(logits.shape[-1]))
+
+    _, metrics = step(state, batch, jax.random.key(0))
+    assert float(metrics["kl"]) == pytest.approx(kl_to_uniform(4.0 * raw), rel=1e-4)
+    assert float(metrics["kl"]) > 1.5 * kl_to_uniform(raw)
+    # Tokens are the argmax, which the scale does not change.
+    np.testing.assert_array_equal(pipe.encode(state.params, batch["image"]), raw.argmax(-1))
+
+
 def test_ema_codebook_is_not_trained_by_the_optimizer(smoke_states):
     pipe, state, batch, step = smoke_states["vqvae"]
     assert pipe.vq_ema and "codebook" not in pipe.trained_networks
@@ -425,6 +447,10 @@ def test_configs_and_bad_settings():
     config = experiment_config("vqvae", "smoke")
     config.model.rec_loss = "huber"
     with pytest.raises(ValueError, match="rec_loss"):
+        build_pipeline(config)
+    config = experiment_config("dvae", "smoke")
+    config.dvae.logit_scale = 0.0
+    with pytest.raises(ValueError, match="logit_scale"):
         build_pipeline(config)
 
 

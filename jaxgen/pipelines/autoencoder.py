@@ -14,7 +14,9 @@ One pipeline, four bottlenecks (``config.pipeline``):
   dvae   Gumbel-softmax over K code logits, temperature annealed from 1 to 1/16, KL to the
          uniform prior with its weight ramped up (DALL-E, Ramesh et al. 2021), and a usage
          term: the KL of the batch-averaged posterior to uniform (``dvae.usage_weight``),
-         which keeps the codebook from collapsing onto a few codes.
+         which keeps the codebook from collapsing onto a few codes. The encoder's logits are
+         multiplied by ``dvae.logit_scale``: in a short run, logits at the network's own scale
+         stay small against the Gumbel noise, so the sampled codes carry little information.
 
 The discrete ones are image tokenizers: ``load_tokenizer(workdir)`` gives ``encode(images) ->
 int32 [B, h, w]`` and ``decode(tokens) -> images``, pure and jittable, for the next stage (a
@@ -146,6 +148,12 @@ class AutoencoderPipeline(Pipeline):
         self.vq_ema = self.vq and bool(config.vq.ema)
         if self.vq and float(config.vq.beta) < 0:
             raise ValueError(f"vq.beta must be >= 0, got {config.vq.beta}.")
+        self.logit_scale = float(config.dvae.get("logit_scale", 1.0)) if kind == "dvae" else 1.0
+        if self.logit_scale <= 0:
+            raise ValueError(
+                f"dvae.logit_scale must be > 0 (tokens are the logits' argmax), got "
+                f"{self.logit_scale}."
+            )
         dtype = state_lib.compute_dtype(mc)
         enc_out = {
             "vae": 2 * self.code_dim,
@@ -298,7 +306,9 @@ class AutoencoderPipeline(Pipeline):
                 if not self.vq_ema:
                     reg = reg + codebook_loss
             else:  # dvae
-                logits = self.encoder.apply({"params": p["encoder"]}, x)
+                # The scale multiplies the logits' margins against the Gumbel noise (and their
+                # learning speed); tokens, the argmax, do not depend on it.
+                logits = self.logit_scale * self.encoder.apply({"params": p["encoder"]}, x)
                 temperature = dvae_temperature(state.step, self.config)
                 soft = bn.gumbel_softmax(
                     logits, k_noise, temperature, hard=bool(self.config.dvae.straight_through)
