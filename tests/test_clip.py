@@ -288,14 +288,21 @@ def test_spatial_moments_closed_form_and_mirror():
 
 
 def test_image_encoder_moments_pool_keeps_left_from_right():
+    # A square moved 8 pixels sideways, well inside a 32x32 image: the last feature map just
+    # shifts (convolutions are translation-equivariant), so its spatial mean, what global
+    # average pooling keeps, is the same for both; only the x moments tell them apart.
     enc = ImageEncoder(widths=(4, 8), out_dim=8, pool="moments")
-    x = np.zeros((2, 16, 16, 3), np.float32)
-    x[0, 6:10, 1:5] = 1.0  # a square on the left
-    x[1, 6:10, 11:15] = 1.0  # the same square on the right
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    x[0, 14:18, 10:14] = 1.0  # left
+    x[1, 14:18, 18:22] = 1.0  # the same square, right
     variables = enc.init(jax.random.key(0), x)
     assert variables["params"]["fc"]["kernel"].shape == (3 * 8, 8)  # one weight per channel
-    out = enc.apply(variables, x)
+    out, inter = enc.apply(variables, x, capture_intermediates=True)
     chex.assert_shape(out, (2, 8))
+    fmap = jax.nn.gelu(inter["intermediates"]["ln1"]["__call__"][0])  # the pooled map
+    mean, mx, _ = np.split(np.asarray(spatial_moments(fmap)), 3, axis=-1)
+    np.testing.assert_allclose(mean[0], mean[1], atol=1e-5)
+    assert np.abs(mx[0] - mx[1]).max() > 1e-3
     assert np.abs(out[0] - out[1]).max() > 1e-3
     with pytest.raises(ValueError, match="image pool"):
         ImageEncoder(widths=(4,), out_dim=8, pool="max").init(jax.random.key(0), x)
