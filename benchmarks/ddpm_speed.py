@@ -176,9 +176,12 @@ def ms(s: float) -> str:
 
 
 def unconditional(config):
+    """The config without a text encoder (and so without one to load or freeze)."""
     cfg = copy.deepcopy(config)
     with cfg.unlocked():
         cfg.model.text = None
+        cfg.model.text_init = ""
+        cfg.model.freeze_text = False
     return cfg
 
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the 
 from jaxgen import api  # noqa: E402
 from jaxgen.data import shapes  # noqa: E402
 from jaxgen.evaluation import shapes_judge  # noqa: E402
+from jaxgen.training.checkpoint import NoCheckpointError  # noqa: E402
 
 
 def main() -> None:
@@ -37,7 +38,10 @@ def main() -> None:
             overrides[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             overrides[key] = value
-    model = api.load(args.workdir, overrides)
+    try:
+        model = api.load(args.workdir, overrides)
+    except (NoCheckpointError, ValueError) as e:  # not a workdir, or a bad --set key
+        raise SystemExit(f"error: {e}") from None
     if model.config.data.name != "shapes":
         raise SystemExit(f"{args.workdir} was trained on {model.config.data.name!r}, not shapes.")
     size = int(model.config.data.image_size)

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the 
 
 from jaxgen import api  # noqa: E402
 from jaxgen.training import loop  # noqa: E402
+from jaxgen.training.checkpoint import NoCheckpointError  # noqa: E402
 
 DEFAULT_METRICS = "test/colour,test/shape,test/relation,test/frechet,heldout/colour,heldout/shape"
 
@@ -35,8 +36,11 @@ def main() -> None:
     parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated keys")
     args = parser.parse_args()
 
-    config = loop.load_config(args.workdir)
-    parent, leaf = api.resolve_key(config, args.key)
+    try:
+        config = loop.load_config(args.workdir)
+        parent, leaf = api.resolve_key(config, args.key)
+    except (NoCheckpointError, ValueError) as e:  # not a workdir, or an unknown --key
+        raise SystemExit(f"error: {e}") from None
     values = [parse_value(v, parent[leaf]) for v in args.values.split(",")]
     keys = args.metrics.split(",")
     rows = []

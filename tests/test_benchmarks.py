@@ -65,3 +65,71 @@ def test_tokenizer_speed_reports_training_and_codec_speed(tmp_path):
         assert r["images_per_second"] > 0 and r["encode_images_per_second"] > 0, r
         assert r["decode_images_per_second"] > 0 and r["grid"] == [4, 4], r
     assert "| vqvae |" in proc.stdout and "encode img/s" in proc.stdout
+
+
+def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
+    """quality_curve, sweep_eval and relation_errors on the shared smoke run (read-only)."""
+    before = sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*"))
+    proc = run_benchmark("quality_curve.py", str(trained_workdir), "--metrics=test/colour")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = [json.loads(line) for line in (trained_workdir / "eval_history.jsonl").open()]
+    history = list({r["step"]: r for r in history}.values())  # one row per evaluated step
+    rows = [
+        line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
+    ]
+    # The header, then one row per evaluation of the run with its step and colour accuracy.
+    assert len(rows) == 1 + len(history), proc.stdout
+    last = [cell.strip() for cell in rows[-1].strip("|").split("|")]
+    assert str(history[-1]["step"]) in last and f"{history[-1]['test/colour']:.3f}" in last
+
+    proc = run_benchmark(
+        "sweep_eval.py", str(trained_workdir), "--key=sample.guidance_scale", "--values=1,2"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]  # header, rows
+    assert [line.split("|")[1].strip() for line in table[1:]] == ["1.0", "2.0"], proc.stdout
+
+    proc = run_benchmark("relation_errors.py", str(trained_workdir), "--num=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [
+        [int(v) for v in line.strip("|").split("|")[1:]]
+        for line in proc.stdout.splitlines()
+        if line.startswith(("| left of", "| right of", "| above", "| below"))
+    ]
+    # Every one of the 8 prompts lands in exactly one cell of the 4 x 5 confusion matrix.
+    assert len(counts) == 4 and all(len(r) == 5 for r in counts), proc.stdout
+    assert sum(map(sum, counts)) == 8, proc.stdout
+    assert before == sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*"))
+
+    for script, *extra in [("relation_errors.py",), ("sweep_eval.py", "--key=a.b", "--values=1")]:
+        proc = run_benchmark(script, str(trained_workdir / "nowhere"), *extra)
+        assert proc.returncode == 1 and "not a jaxgen workdir" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    proc = run_benchmark("sweep_eval.py", str(trained_workdir), "--key=sample.nope", "--values=1")
+    assert proc.returncode == 1 and "Valid keys: " in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_ddpm_speed_reports_training_sampling_and_the_unconditional_step(tmp_path):
+    # A text encoder to load and freeze, as the default config has: the unconditional contender
+    # must drop it along with the text tower.
+    out = tmp_path / "ddpm_speed.json"
+    proc = run_benchmark(
+        "ddpm_speed.py",
+        "--config=experiments/ddpm.py:smoke",
+        "--config.model.text_init=pretrain:clip",
+        "--config.model.freeze_text=True",
+        "--steps=1",
+        "--rounds=1",
+        "--warmup=0",
+        "--repeats=1",
+        "--sample_steps=2",
+        f"--json_out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["train"]["step_flops"] > 0 and r["train"]["images_per_s_same_batch"] > 0
+    assert 0 < r["train"]["fraction_of_matmul"] and r["sampler"]["efficiency"] > 0
+    # The unconditional UNet has fewer parameters (no text encoder, no cross-attention).
+    assert 0 < r["train_uncond"]["params"] < r["train"]["params"]
+    assert "step rate / matmul rate" in proc.stdout and "sampler / (2 x forward)" in proc.stdout
