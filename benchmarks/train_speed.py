@@ -1,18 +1,20 @@
 """Training throughput of any experiment: images/s, step time and achieved FLOP rate.
 
     python benchmarks/train_speed.py [--config=experiments/clip.py --config=...] [--steps=10]
-        [--json_out=FILE]
+        [--set=model.g_ch=16 ...] [--json_out=FILE]
 
 For each config (``path[:variant]``) this builds the pipeline, the loop's initial state and batch
 iterator, compiles the loop's jitted train step (state donated), and times ``--steps`` steps with
 real batches after a warmup step. The step's FLOPs (XLA cost analysis) over its median time are
-compared with a jitted 2048x2048 float32 matmul measured in the same run. Pretrained weights a
-config would load (``warm_start``, e.g. a CLIP text tower) are not loaded: they do not change the
-cost of a step.
+compared with a jitted 2048x2048 float32 matmul measured in the same run. ``--set key=value``
+changes that value in every config before the measurement (an unknown key is an error). Pretrained
+weights a config would load (``warm_start``, e.g. a CLIP text tower) are not loaded: they do not
+change the cost of a step.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -24,6 +26,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from common import MATMUL_N, Matmul, train_throughput  # noqa: E402
 
+from jaxgen.api import resolve_key  # noqa: E402
 from jaxgen.config import load_experiment  # noqa: E402
 
 _CONFIGS = flags.DEFINE_multi_string(
@@ -32,17 +35,31 @@ _CONFIGS = flags.DEFINE_multi_string(
     "Experiment config path[:variant]; repeat the flag for several.",
 )
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per config.")
+_SET = flags.DEFINE_multi_string("set", [], "Config override key=value (repeatable).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
 
 
-def measure(spec: str, steps: int) -> dict:
-    return train_throughput(load_experiment(spec), spec, steps)
+def measure(spec: str, steps: int, overrides: list[str]) -> dict:
+    config = load_experiment(spec)
+    for item in overrides:
+        key, _, text = item.partition("=")
+        try:
+            parent, leaf = resolve_key(config, key)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        parent[leaf] = value
+    label = " ".join([spec, *overrides])
+    return train_throughput(config, label, steps)
 
 
 def main(argv):
     del argv
     print(f"# {os.cpu_count()} CPU cores, jax {jax.__version__}, {jax.default_backend()}")
-    rows = [measure(spec, _STEPS.value) for spec in _CONFIGS.value]
+    rows = [measure(spec, _STEPS.value, _SET.value) for spec in _CONFIGS.value]
     matmul = Matmul()
     matmul.run()
     print(f"{'config':<40} {'params':>8} {'batch':>5} {'img/s':>8} {'step':>8} {'GFLOP/s':>8}")

@@ -37,14 +37,21 @@ def test_train_speed_reports_every_config(tmp_path):
         "--config=experiments/clip.py:smoke",
         "--config=experiments/gan_int_cls.py:smoke,joint",
         "--steps=2",
+        "--set=train.batch_size=4",
         f"--json_out={out}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [r["pipeline"] for r in rows] == ["clip", "gan_int_cls"]
+    assert [r["batch_size"] for r in rows] == [4, 4]  # --set reached both configs
     for r in rows:
         assert r["images_per_second"] > 0 and r["step_gflop"] > 0, r
     assert "img/s" in proc.stdout and "matmul" in proc.stdout
+    proc = run_benchmark(
+        "train_speed.py", "--config=experiments/clip.py:smoke", "--set=model.nope=1"
+    )
+    assert proc.returncode == 1 and "Valid keys: " in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def test_tokenizer_speed_reports_training_and_codec_speed(tmp_path):
