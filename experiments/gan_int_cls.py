@@ -49,12 +49,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gan.loss = "non_saturating"  # or "hinge"
     config.gan.int_beta = 0.5  # the paper's fixed interpolation weight
     config.gan.int_weight = 1.0
+    # gamma of the R1 penalty (gamma / 2) E||grad_x D(x, t)||^2 on real (image, right text)
+    # pairs (Mescheder et al. 2018); 0 turns it off.
+    config.gan.r1_weight = 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.dtype = "float32"
     config.model.z_dim = 100
     config.model.g_ch = 32
     config.model.d_ch = 32
+    # The discriminator's normalisation (models.gan.D_NORMS): "channel", "layer" or "none".
+    config.model.d_norm = "channel"
     config.model.text_dim = 128  # the paper's projected text embedding
     # "clip": the frozen text tower of the CLIP run at text_init; "joint": trained with D's loss.
     # "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip first (~10

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from helpers import experiment_config, run_cli
 
-from jaxgen.models.gan import Discriminator, Generator, InverseNetwork
+from jaxgen.models.gan import D_NORMS, Discriminator, Generator, InverseNetwork, _d_norm
 from jaxgen.pipelines.gan_int_cls import (
     GANINTCLSPipeline,
     discriminator_loss,
     generator_loss,
     interpolate,
+    r1_penalty,
 )
 
 
@@ -53,6 +54,33 @@ def test_discriminator_uses_the_text():
     assert np.abs(d.apply(variables, x, t1) - d.apply(variables, x, t2)).max() > 1e-4
 
 
+def test_discriminator_norms_by_hand():
+    h = jax.random.normal(jax.random.key(2), (3, 4, 4, 8)) * jnp.arange(1.0, 9.0) + 2.0
+    out = {}
+    for kind in D_NORMS:
+        norm = _d_norm(kind, jnp.float32, "n")
+        out[kind] = h if kind == "none" else norm.apply(norm.init(jax.random.key(0), h), h)
+    hn = np.asarray(h, np.float64)
+    # "channel": each position's vector standardised; "layer": each sample's whole map.
+    per_pos = (hn - hn.mean(-1, keepdims=True)) / np.sqrt(hn.var(-1, keepdims=True) + 1e-6)
+    mu, var = hn.mean((1, 2, 3), keepdims=True), hn.var((1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(out["channel"], per_pos, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out["layer"], (hn - mu) / np.sqrt(var + 1e-6), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(out["none"], h)
+    with pytest.raises(ValueError, match="channel, layer, none"):
+        _d_norm("batch", jnp.float32, "n")
+
+
+@pytest.mark.parametrize("norm", D_NORMS)
+def test_discriminator_scores_each_sample_alone(norm):
+    d = Discriminator(16, 8, 16, norm)
+    x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+    t = jax.random.normal(jax.random.key(3), (4, 24))
+    variables = d.init(jax.random.key(0), x, t)
+    both = d.apply(variables, x, t)
+    np.testing.assert_allclose(both[:1], d.apply(variables, x[:1], t[:1]), rtol=1e-4, atol=1e-5)
+
+
 # -- losses by hand -----------------------------------------------------------------------------
 def _sp(v):  # softplus, written out
     return np.log1p(np.exp(v))
@@ -78,6 +106,19 @@ def test_generator_loss_by_hand():
     np.testing.assert_allclose(generator_loss(fake, "hinge"), -1.0)
     with pytest.raises(ValueError, match="hinge"):
         generator_loss(fake, "wasserstein")
+
+
+def test_r1_penalty_closed_forms():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(4, 4, 2)), jnp.float32)
+    # A linear critic has the same gradient w at every image: 0.5 * ||w||^2.
+    got = r1_penalty(lambda im: jnp.sum(im * w, axis=(1, 2, 3)), x)
+    np.testing.assert_allclose(got, 0.5 * np.sum(np.square(w)), rtol=1e-5)
+    # sum(x^2) has gradient 2x: 0.5 * mean_i ||2 x_i||^2.
+    got = r1_penalty(lambda im: jnp.sum(im**2, axis=(1, 2, 3)), x)
+    want = 0.5 * np.mean(np.sum(np.square(2 * np.asarray(x)), axis=(1, 2, 3)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_interpolation_path():
@@ -134,6 +175,29 @@ def test_a_step_trains_every_network(variant):
     assert (metrics["d_wrong"] > 0) and (metrics["d_real"] > 0)
 
 
+def test_r1_weight_changes_only_the_discriminator_update():
+    pipe0, config = _pipeline("smoke,joint,gan")
+    pipe1, _ = _pipeline("smoke,joint,gan", **{"gan.r1_weight": 10.0})
+    batch = _batch(config)
+    state = pipe0.init(jax.random.key(0), batch)
+    new0, m0 = jax.jit(pipe0.train_step)(state, batch, jax.random.key(1))
+    new1, m1 = jax.jit(pipe1.train_step)(state, batch, jax.random.key(1))
+    # The penalty is added to D's loss (the logged d_loss grows by gamma times it) ...
+    d = state.params["D"]
+    t = pipe0.text.apply({"params": state.params["text"]}, jnp.asarray(batch["tokens"]))
+    x = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0
+    penalty = r1_penalty(lambda im: pipe0.D.apply({"params": d}, im, t), x)
+    np.testing.assert_allclose(m1["d_loss"] - m0["d_loss"], 10.0 * penalty, rtol=1e-4, atol=1e-6)
+    # ... so D moves differently; the generator and S see the same fake images.
+    diff = jax.tree.map(
+        lambda a, b: float(jnp.abs(a - b).max()), new0.params["D"], new1.params["D"]
+    )
+    assert max(jax.tree.leaves(diff)) > 0
+    np.testing.assert_allclose(m0["s_loss"], m1["s_loss"], rtol=1e-6)
+    with pytest.raises(ValueError, match="r1_weight"):
+        _pipeline("smoke,joint", **{"gan.r1_weight": -1.0})
+
+
 def test_frozen_clip_text_and_bad_settings():
     with pytest.raises(ValueError, match="text_init"):
         _pipeline("smoke", **{"model.text_init": ""})
@@ -141,6 +205,8 @@ def test_frozen_clip_text_and_bad_settings():
         _pipeline(**{"gan.variant": "gan_xyz"})
     with pytest.raises(ValueError, match="text_source"):
         _pipeline(**{"model.text_source": "bert"})
+    with pytest.raises(ValueError, match="model.d_norm"):
+        _pipeline("smoke,joint", **{"model.d_norm": "batch"})
     with pytest.raises(ValueError, match="Unknown gan_int_cls.py variant"):
         experiment_config("gan_int_cls", "gan,gan_cls")
 

@@ -6,7 +6,7 @@ Layout as in the paper, at any power-of-two size >= 8: the text embedding is pro
 projected embedding over the 4x4 grid, concatenates it depth-wise and scores with a 1x1 conv and a
 4x4 conv. The generator's 3x3 convs are ``layers.Conv3x3`` (im2col on a CPU, where XLA's native
 convolution gradients are slow). No batch normalisation (its running statistics would add mutable
-state to every network): the generator uses GroupNorm, the discriminator LayerNorm over channels.
+state to every network): the generator uses GroupNorm, the discriminator a LayerNorm (``norm``).
 """
 
 from __future__ import annotations
@@ -89,11 +89,28 @@ class Generator(nn.Module):
         return jnp.tanh(conv3x3(3, self.dtype, name="to_rgb")(h).astype(jnp.float32))
 
 
+D_NORMS = ("channel", "layer", "none")
+
+
+def _d_norm(kind: str, dtype: Dtype, name: str):
+    """The discriminator's normalisation: ``"channel"`` (LayerNorm over the channels of each
+    position), ``"layer"`` (over each sample's whole feature map, as in WGAN-GP's critic) or
+    ``"none"``."""
+    if kind == "channel":
+        return nn.LayerNorm(dtype=dtype, name=name)
+    if kind == "layer":
+        return nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=-1, dtype=dtype, name=name)
+    if kind == "none":
+        return lambda h: h
+    raise ValueError(f"Unknown discriminator norm {kind!r}; valid: {', '.join(D_NORMS)}.")
+
+
 class _Downsampler(nn.Module):
-    """Strided 4x4 convs from the image down to 4x4, leaky ReLU, LayerNorm after the first."""
+    """Strided 4x4 convs from the image down to 4x4, leaky ReLU, ``norm`` after the first."""
 
     image_size: int = 32
     ch: int = 64
+    norm: str = "channel"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -103,7 +120,7 @@ class _Downsampler(nn.Module):
         for i in range(levels):
             h = _conv(min(self.ch * 2**i, 8 * self.ch), 4, 2, self.dtype, f"conv{i}")(h)
             if i > 0:
-                h = nn.LayerNorm(dtype=self.dtype, name=f"norm{i}")(h)
+                h = _d_norm(self.norm, self.dtype, f"norm{i}")(h)
             h = nn.leaky_relu(h, 0.2)
         return h  # [B, 4, 4, C]
 
@@ -115,23 +132,27 @@ class Discriminator(nn.Module):
       image_size: input side (power of two >= 8).
       ch: channels after the first downsampling, doubled per level (capped at 8 * ch).
       text_dim: width of the projected text embedding replicated over the 4x4 grid.
+      norm: normalisation after every conv but the first (``D_NORMS``): ``"channel"``
+        normalises each position's feature vector on its own, so a faint response counts as
+        much as a strong one; ``"layer"`` normalises the whole map and keeps their ratio.
       dtype: compute dtype.
     """
 
     image_size: int = 32
     ch: int = 64
     text_dim: int = 128
+    norm: str = "channel"
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array, text_emb: jax.Array) -> jax.Array:
         """Args: images ``[B, S, S, 3]`` in [-1, 1], text_emb ``[B, E]``. Returns ``[B]``."""
-        h = _Downsampler(self.image_size, self.ch, self.dtype, name="down")(images)
+        h = _Downsampler(self.image_size, self.ch, self.norm, self.dtype, name="down")(images)
         t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
         t = jnp.broadcast_to(t[:, None, None, :], (*h.shape[:3], t.shape[-1]))
         h = jnp.concatenate([h, t.astype(h.dtype)], axis=-1)
         h = _conv(h.shape[-1] // 2, 1, 1, self.dtype, "joint")(h)
-        h = nn.leaky_relu(nn.LayerNorm(dtype=self.dtype, name="norm_joint")(h), 0.2)
+        h = nn.leaky_relu(_d_norm(self.norm, self.dtype, "norm_joint")(h), 0.2)
         h = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype, name="score")(h)
         return h.reshape(h.shape[0]).astype(jnp.float32)
 
@@ -151,6 +172,6 @@ class InverseNetwork(nn.Module):
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
         """Args: images ``[B, S, S, 3]`` in [-1, 1]. Returns ``[B, z_dim]`` float32."""
-        h = _Downsampler(self.image_size, self.ch, self.dtype, name="down")(images)
+        h = _Downsampler(self.image_size, self.ch, dtype=self.dtype, name="down")(images)
         h = nn.Dense(self.z_dim, dtype=self.dtype, name="fc")(h.reshape(h.shape[0], -1))
         return h.astype(jnp.float32)

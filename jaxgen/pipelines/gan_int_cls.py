@@ -26,7 +26,7 @@ import optax
 
 from jaxgen.evaluation import judges
 from jaxgen.models.clip import TextTower
-from jaxgen.models.gan import Discriminator, Generator, InverseNetwork
+from jaxgen.models.gan import D_NORMS, Discriminator, Generator, InverseNetwork
 from jaxgen.pipelines.base import Pipeline
 from jaxgen.pipelines.ddpm import to_model_space, to_uint8
 from jaxgen.training import state as state_lib
@@ -74,6 +74,17 @@ def generator_loss(fake, loss: str = "non_saturating"):
     raise ValueError(f"Unknown gan.loss {loss!r}; valid: {', '.join(LOSSES)}.")
 
 
+def r1_penalty(score_fn, images: jax.Array) -> jax.Array:
+    """R1 (Mescheder et al. 2018): ``0.5 * E ||d score(x) / d x||^2`` over real images ``x``.
+
+    Args:
+      score_fn: images ``[B, H, W, C]`` -> logits ``[B]`` (the discriminator with its text).
+      images: the real images.
+    """
+    grads = jax.grad(lambda im: jnp.sum(score_fn(im)))(images)
+    return 0.5 * jnp.mean(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))))
+
+
 def interpolate(t1: jax.Array, t2: jax.Array, beta) -> jax.Array:
     """``beta * t1 + (1 - beta) * t2`` (GAN-INT's interpolated text embeddings)."""
     return beta * t1 + (1.0 - beta) * t2
@@ -106,12 +117,18 @@ class GANINTCLSPipeline(Pipeline):
         self.matching_aware = "cls" in gc.variant
         self.use_int = "int" in gc.variant
         self.frozen_text = mc.text_source == "clip"
+        self.r1_weight = float(gc.get("r1_weight", 0.0))
+        if self.r1_weight < 0:
+            raise ValueError(f"gan.r1_weight must be >= 0, got {self.r1_weight}.")
         dtype = state_lib.compute_dtype(mc)
         self.text = TextTower(
             int(mc.embed_dim), {**mc.text.to_dict(), "max_len": self.max_text_len}, dtype
         )
         self.G = Generator(self.size, int(mc.g_ch), int(mc.text_dim), dtype)
-        self.D = Discriminator(self.size, int(mc.d_ch), int(mc.text_dim), dtype)
+        d_norm = str(mc.get("d_norm", "channel"))
+        if d_norm not in D_NORMS:
+            raise ValueError(f"Unknown model.d_norm {d_norm!r}; valid: {', '.join(D_NORMS)}.")
+        self.D = Discriminator(self.size, int(mc.d_ch), int(mc.text_dim), d_norm, dtype)
         self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
@@ -183,6 +200,10 @@ class GANINTCLSPipeline(Pipeline):
             loss = discriminator_loss(
                 real, wrong, fk, matching_aware=self.matching_aware, loss=gc.loss
             )
+            if self.r1_weight > 0:
+                loss = loss + self.r1_weight * r1_penalty(
+                    lambda im: self.D.apply({"params": d_params}, im, t_d), x
+                )
             return loss, (real, wrong, fk)
 
         (d_loss, (real, wrong, fk)), (d_grads, text_grads) = jax.value_and_grad(
