@@ -140,3 +140,23 @@ def test_ddpm_speed_reports_training_sampling_and_the_unconditional_step(tmp_pat
     # The unconditional UNet has fewer parameters (no text encoder, no cross-attention).
     assert 0 < r["train_uncond"]["params"] < r["train"]["params"]
     assert "step rate / matmul rate" in proc.stdout and "sampler / (2 x forward)" in proc.stdout
+
+
+def test_composition_probe_prints_both_towers(clip_smoke_workdir, trained_workdir):
+    proc = run_benchmark(
+        "composition_probe.py", str(clip_smoke_workdir), "--num=48", "--num_eval=16"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [
+        line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ")
+    ]
+    cells = {(r[0].strip(), r[1].strip()): [float(v) for v in r[2:]] for r in rows[1:]}
+    assert sorted(cells) == [
+        ("image", "colour"),
+        ("image", "shape"),
+        ("text", "colour"),
+        ("text", "shape"),
+    ]
+    assert all(0.0 <= v <= 1.0 for pair in cells.values() for v in pair)
+    proc = run_benchmark("composition_probe.py", str(trained_workdir))  # a DDPM run
+    assert proc.returncode == 1 and "not a CLIP run" in proc.stderr, proc.stderr[-2000:]

@@ -120,6 +120,25 @@ def zero_shot_accuracy(image_emb: np.ndarray, candidate_emb: Sequence[np.ndarray
     return float(np.mean(correct))
 
 
+def probe_accuracy(
+    train_x: np.ndarray, train_y: Sequence, eval_x: np.ndarray, eval_y: Sequence
+) -> float:
+    """Accuracy on ``eval`` of a linear probe (L2-regularised logistic regression) fit on ``train``.
+
+    On ``shapes``, a probe for the shape fit on embeddings of training colour-shape pairs and
+    scored on held-out pairs tells whether an embedding keeps shape apart from colour: with
+    separate colour and shape directions it transfers; with one direction per pair it cannot.
+
+    Args:
+      train_x, eval_x: features ``[N, D]`` and ``[M, D]``.
+      train_y, eval_y: N and M labels (any hashable values; at least two classes in train).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=2000).fit(np.asarray(train_x), np.asarray(train_y))
+    return float(np.mean(clf.predict(np.asarray(eval_x)) == np.asarray(eval_y)))
+
+
 def generated_image_metrics(
     embedder,
     images: np.ndarray,
