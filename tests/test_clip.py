@@ -308,6 +308,31 @@ def test_image_encoder_moments_pool_keeps_left_from_right():
         ImageEncoder(widths=(4,), out_dim=8, pool="max").init(jax.random.key(0), x)
 
 
+def test_colour_shared_tower_uses_one_filter_bank_for_every_colour():
+    enc = ImageEncoder(widths=(4, 8), out_dim=8, patch_size=2, colour_shared=True)
+    pattern = jax.random.normal(jax.random.key(2), (16, 16))
+    zero = jnp.zeros_like(pattern)
+    red = jnp.stack([pattern, zero, zero], -1)[None]
+    green = jnp.stack([zero, pattern, zero], -1)[None]
+    variables = enc.init(jax.random.key(0), red)
+    # One input channel per (2x2-folded) colour plane: the filters do not know the colour.
+    assert variables["params"]["conv0_a"]["kernel"].shape[2] == 4
+    feats = {}
+    for name, image in (("red", red), ("green", green)):
+        out, state = enc.apply(
+            variables, image, capture_intermediates=True, mutable=["intermediates"]
+        )
+        feats[name] = state["intermediates"]["ln1"]["__call__"][0]  # [3, h, w, C]: R, G, B
+        feats[name + "_out"] = out
+    # The pattern in R gives the red image's R slot what the pattern in G gives the green
+    # image's G slot; the empty planes respond alike too; the embeddings still differ.
+    np.testing.assert_allclose(feats["red"][0], feats["green"][1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feats["red"][1], feats["green"][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(feats["red"][2], feats["green"][2], rtol=1e-5, atol=1e-5)
+    assert np.abs(feats["red"][0] - feats["red"][1]).max() > 1e-3
+    assert np.abs(feats["red_out"] - feats["green_out"]).max() > 1e-3
+
+
 def _pair_features(pairs, kind):
     """One row per (colour, shape): one-hot colour and shape, or one one-hot per pair."""
     rows = []

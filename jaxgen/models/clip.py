@@ -57,6 +57,10 @@ class ImageEncoder(nn.Module):
         concatenated (a dense weight per position and channel). ``"moments"``: per channel the
         spatial mean of ``f``, of ``f * x`` and of ``f * y`` (``x, y`` in [-1, 1] the position):
         what a channel sees and where, with one weight per channel for every position.
+      colour_shared: run the conv stages on each colour channel alone, as a one-channel
+        image, with the same weights, and stack the three results channel-wise at the end: a
+        shape is then detected by the same filters whatever its colour, and the colour survives
+        as which of the three slots responds.
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -64,6 +68,7 @@ class ImageEncoder(nn.Module):
     out_dim: int = 256
     patch_size: int = 1
     pool: str = "flatten"
+    colour_shared: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -77,6 +82,9 @@ class ImageEncoder(nn.Module):
           ``[B, out_dim]`` float32 features (before the joint-space projection).
         """
         x = images.astype(self.dtype)
+        batch, colours = x.shape[0], x.shape[-1]
+        if self.colour_shared:  # [B, H, W, 3] -> [B * 3, H, W, 1]
+            x = jnp.moveaxis(x, -1, 1).reshape(batch * colours, *x.shape[1:3], 1)
         p = self.patch_size
         if p > 1:
             b, h, w, c = x.shape
@@ -89,6 +97,9 @@ class ImageEncoder(nn.Module):
             x = nn.gelu(x)
             x = conv3x3(width, self.dtype, name=f"conv{i}_b")(x)
             x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name=f"ln{i}")(x))
+        if self.colour_shared:  # [B * 3, h, w, C] -> [B, h, w, 3 * C], colour-major
+            x = jnp.moveaxis(x.reshape(batch, colours, *x.shape[1:]), 1, 3)
+            x = x.reshape(*x.shape[:3], -1)
         if self.pool == "flatten":
             x = x.reshape(x.shape[0], -1)  # keeps position: relations live there
         elif self.pool == "moments":
@@ -132,6 +143,7 @@ class CLIP(nn.Module):
       image_dim: width of the image tower's feature vector.
       image_patch_size: space-to-depth factor at the image tower's input.
       image_pool: ``ImageEncoder.pool``.
+      image_colour_shared: ``ImageEncoder.colour_shared``.
       init_temperature: initial softmax temperature (CLIP: 0.07).
       dtype: compute dtype of both towers.
     """
@@ -142,6 +154,7 @@ class CLIP(nn.Module):
     image_dim: int = 256
     image_patch_size: int = 1
     image_pool: str = "flatten"
+    image_colour_shared: bool = False
     init_temperature: float = 0.07
     dtype: Dtype = jnp.float32
 
@@ -152,6 +165,7 @@ class CLIP(nn.Module):
             self.image_dim,
             self.image_patch_size,
             self.image_pool,
+            self.image_colour_shared,
             self.dtype,
             name="image",
         )

@@ -71,6 +71,7 @@ class CLIPPipeline(Pipeline):
             image_dim=int(mc.image_dim),
             image_patch_size=int(mc.get("image_patch_size", 1)),
             image_pool=str(mc.get("image_pool", "flatten")),
+            image_colour_shared=bool(mc.get("image_colour_shared", False)),
             init_temperature=float(mc.init_temperature),
             dtype=state_lib.compute_dtype(mc),
         )
