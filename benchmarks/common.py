@@ -3,6 +3,7 @@ loop's jitted train step on any pipeline."""
 
 from __future__ import annotations
 
+import ast
 import math
 import statistics
 import sys
@@ -19,6 +20,18 @@ from jaxgen.training import loop  # noqa: E402
 from jaxgen.training import mesh as mesh_lib  # noqa: E402
 
 MATMUL_N = 2048
+
+
+def parse_overrides(items) -> dict:
+    """``["a.b=3", "c=x"]`` -> ``{"a.b": 3, "c": "x"}``: Python literals where they parse."""
+    out = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
 
 
 def flops_of(compiled) -> float:

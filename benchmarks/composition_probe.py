@@ -44,11 +44,11 @@ def one_object_scenes(split: str, num: int, image_size: int, max_text_len: int) 
     return out
 
 
-def embed(model, scenes: dict, batch: int = 250) -> dict[str, np.ndarray]:
-    n = len(scenes["caption"])
-    image = [model.embed_images(scenes["image"][i : i + batch]) for i in range(0, n, batch)]
-    text = [model.embed_texts(scenes["caption"][i : i + batch]) for i in range(0, n, batch)]
-    return {"image": np.concatenate(image), "text": np.concatenate(text)}
+def embed(model, scenes: dict) -> dict[str, np.ndarray]:
+    return {
+        "image": model.embed_images(scenes["image"]),
+        "text": model.embed_texts(scenes["caption"]),
+    }
 
 
 def main() -> None:

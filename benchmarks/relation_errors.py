@@ -10,11 +10,12 @@ blocks on the diagonal evenly. The workdir is not written to.
 """
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
+
+from common import parse_overrides  # noqa: E402
 
 from jaxgen import api  # noqa: E402
 from jaxgen.data import shapes  # noqa: E402
@@ -31,15 +32,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[key] = value
     try:
-        model = api.load(args.workdir, overrides)
+        model = api.load(args.workdir, parse_overrides(args.set))
     except (NoCheckpointError, ValueError) as e:  # not a workdir, or a bad --set key
         raise SystemExit(f"error: {e}") from None
     if model.config.data.name != "shapes":

@@ -14,7 +14,6 @@ change the cost of a step.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import sys
@@ -24,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import MATMUL_N, Matmul, train_throughput  # noqa: E402
+from common import MATMUL_N, Matmul, parse_overrides, train_throughput  # noqa: E402
 
-from jaxgen.api import resolve_key  # noqa: E402
+from jaxgen.api import apply_overrides  # noqa: E402
 from jaxgen.config import load_experiment  # noqa: E402
 
 _CONFIGS = flags.DEFINE_multi_string(
@@ -40,18 +39,10 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSO
 
 
 def measure(spec: str, steps: int, overrides: list[str]) -> dict:
-    config = load_experiment(spec)
-    for item in overrides:
-        key, _, text = item.partition("=")
-        try:
-            parent, leaf = resolve_key(config, key)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        parent[leaf] = value
+    try:
+        config = apply_overrides(load_experiment(spec), parse_overrides(overrides))
+    except ValueError as e:  # an unknown key
+        raise SystemExit(f"error: {e}") from None
     label = " ".join([spec, *overrides])
     return train_throughput(config, label, steps)
 

@@ -68,6 +68,17 @@ def resolve_key(config, key: str):
     return node, leaf
 
 
+def apply_overrides(config, overrides: dict):
+    """Sets each dotted key of ``overrides`` in ``config`` (in place; returned for chaining).
+
+    Raises ValueError naming the valid keys for a key the config does not have.
+    """
+    for key, value in overrides.items():
+        parent, leaf = resolve_key(config, key)
+        parent[leaf] = value
+    return config
+
+
 def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
     """Loads the config and newest checkpoint of ``workdir``.
 
@@ -76,10 +87,7 @@ def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
       overrides: dotted config keys to change for sampling, e.g. ``{"sample.num_steps": 20}``.
     """
     workdir = Path(workdir)
-    config = loop.load_config(workdir)
-    for key, value in (overrides or {}).items():
-        parent, leaf = resolve_key(config, key)
-        parent[leaf] = value
+    config = apply_overrides(loop.load_config(workdir), overrides or {})
     if config.get("mesh") is not None and "mesh.fsdp" not in (overrides or {}):
         # A run sharded over more devices than this process has loads into the largest
         # sharding that fits here (the values do not depend on the placement).

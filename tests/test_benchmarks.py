@@ -19,6 +19,18 @@ def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.C
     )
 
 
+def assert_one_error_line(proc: subprocess.CompletedProcess, message: str) -> None:
+    """The script failed with exit status 1 and a message, not a traceback."""
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of a printed Markdown table, header first, without the separator row."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
 def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     proc = run_benchmark("gpu_ddpm.py", "--smoke", f"--json_out={out}", timeout=900)
@@ -50,8 +62,7 @@ def test_train_speed_reports_every_config(tmp_path):
     proc = run_benchmark(
         "train_speed.py", "--config=experiments/clip.py:smoke", "--set=model.nope=1"
     )
-    assert proc.returncode == 1 and "Valid keys: " in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert_one_error_line(proc, "Valid keys: ")
 
 
 def test_tokenizer_speed_reports_training_and_codec_speed(tmp_path):
@@ -81,28 +92,21 @@ def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = [json.loads(line) for line in (trained_workdir / "eval_history.jsonl").open()]
     history = list({r["step"]: r for r in history}.values())  # one row per evaluated step
-    rows = [
-        line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line
-    ]
+    rows = table_rows(proc.stdout)
     # The header, then one row per evaluation of the run with its step and colour accuracy.
     assert len(rows) == 1 + len(history), proc.stdout
-    last = [cell.strip() for cell in rows[-1].strip("|").split("|")]
+    last = rows[-1]
     assert str(history[-1]["step"]) in last and f"{history[-1]['test/colour']:.3f}" in last
 
     proc = run_benchmark(
         "sweep_eval.py", str(trained_workdir), "--key=sample.guidance_scale", "--values=1,2"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]  # header, rows
-    assert [line.split("|")[1].strip() for line in table[1:]] == ["1.0", "2.0"], proc.stdout
+    assert [row[0] for row in table_rows(proc.stdout)[1:]] == ["1.0", "2.0"], proc.stdout
 
     proc = run_benchmark("relation_errors.py", str(trained_workdir), "--num=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = [
-        [int(v) for v in line.strip("|").split("|")[1:]]
-        for line in proc.stdout.splitlines()
-        if line.startswith(("| left of", "| right of", "| above", "| below"))
-    ]
+    counts = [[int(v) for v in row[1:]] for row in table_rows(proc.stdout)[1:]]
     # Every one of the 8 prompts lands in exactly one cell of the 4 x 5 confusion matrix.
     assert len(counts) == 4 and all(len(r) == 5 for r in counts), proc.stdout
     assert sum(map(sum, counts)) == 8, proc.stdout
@@ -110,11 +114,11 @@ def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
 
     for script, *extra in [("relation_errors.py",), ("sweep_eval.py", "--key=a.b", "--values=1")]:
         proc = run_benchmark(script, str(trained_workdir / "nowhere"), *extra)
-        assert proc.returncode == 1 and "not a jaxgen workdir" in proc.stderr, proc.stderr[-2000:]
-        assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert_one_error_line(proc, "not a jaxgen workdir")
     proc = run_benchmark("sweep_eval.py", str(trained_workdir), "--key=sample.nope", "--values=1")
-    assert proc.returncode == 1 and "Valid keys: " in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert_one_error_line(proc, "Valid keys: ")
+    proc = run_benchmark("relation_errors.py", str(trained_workdir), "--set=sample.nope=1")
+    assert_one_error_line(proc, "Valid keys: ")
 
 
 def test_ddpm_speed_reports_training_sampling_and_the_unconditional_step(tmp_path):
@@ -147,10 +151,7 @@ def test_composition_probe_prints_both_towers(clip_smoke_workdir, trained_workdi
         "composition_probe.py", str(clip_smoke_workdir), "--num=48", "--num_eval=16"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [
-        line.strip("|").split("|") for line in proc.stdout.splitlines() if line.startswith("| ")
-    ]
-    cells = {(r[0].strip(), r[1].strip()): [float(v) for v in r[2:]] for r in rows[1:]}
+    cells = {(r[0], r[1]): [float(v) for v in r[2:]] for r in table_rows(proc.stdout)[1:]}
     assert sorted(cells) == [
         ("image", "colour"),
         ("image", "shape"),
@@ -159,4 +160,4 @@ def test_composition_probe_prints_both_towers(clip_smoke_workdir, trained_workdi
     ]
     assert all(0.0 <= v <= 1.0 for pair in cells.values() for v in pair)
     proc = run_benchmark("composition_probe.py", str(trained_workdir))  # a DDPM run
-    assert proc.returncode == 1 and "not a CLIP run" in proc.stderr, proc.stderr[-2000:]
+    assert_one_error_line(proc, "not a CLIP run")
