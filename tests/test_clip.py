@@ -16,7 +16,7 @@ from jaxgen.data import shapes
 from jaxgen.data.tokenizer import encode
 from jaxgen.evaluation import clip_metrics
 from jaxgen.models.clip import CLIP, ImageEncoder, spatial_moments
-from jaxgen.pipelines.clip import contrastive_loss
+from jaxgen.pipelines.clip import contrastive_loss, image_colour
 
 
 def _unit(x):
@@ -308,8 +308,8 @@ def test_image_encoder_moments_pool_keeps_left_from_right():
         ImageEncoder(widths=(4,), out_dim=8, pool="max").init(jax.random.key(0), x)
 
 
-def test_colour_shared_tower_uses_one_filter_bank_for_every_colour():
-    enc = ImageEncoder(widths=(4, 8), out_dim=8, patch_size=2, colour_shared=True)
+def test_planes_tower_uses_one_filter_bank_for_every_colour():
+    enc = ImageEncoder(widths=(4, 8), out_dim=8, patch_size=2, colour="planes")
     pattern = jax.random.normal(jax.random.key(2), (16, 16))
     zero = jnp.zeros_like(pattern)
     red = jnp.stack([pattern, zero, zero], -1)[None]
@@ -331,6 +331,65 @@ def test_colour_shared_tower_uses_one_filter_bank_for_every_colour():
     np.testing.assert_allclose(feats["red"][2], feats["green"][2], rtol=1e-5, atol=1e-5)
     assert np.abs(feats["red"][0] - feats["red"][1]).max() > 1e-3
     assert np.abs(feats["red_out"] - feats["green_out"]).max() > 1e-3
+
+
+def _scene(colour, shape, x0=6, y0=4, size=12):
+    """One object on the black canvas, as float [-1, 1] ``[1, 32, 32, 3]``."""
+    box = (x0, y0, x0 + size, y0 + size)
+    image = shapes.render_scene([{"colour": colour, "shape": shape, "box": box}], 32)
+    return jnp.asarray(image[None], jnp.float32) / 127.5 - 1.0
+
+
+def _fc_rows(variables, keep):
+    """A copy of ``variables`` whose ``fc`` kernel keeps only the rows where ``keep`` is True."""
+    params = jax.tree.map(lambda a: a, variables["params"])
+    kernel = params["fc"]["kernel"]
+    params["fc"] = {**params["fc"], "kernel": jnp.where(keep[:, None], kernel, 0.0)}
+    return {"params": params}
+
+
+def test_factorised_tower_reads_shape_blind_to_colour_and_colour_per_cell():
+    enc = ImageEncoder(widths=(4, 8), out_dim=16, patch_size=2, colour="factorised")
+    red_tri, yellow_tri = _scene("red", "triangle"), _scene("yellow", "triangle")
+    variables = enc.init(jax.random.key(0), red_tri)
+    # Flattened input of fc: an 8x8 map (32 / 2 fold / 2 stride) of 8 shape + 3 colour features.
+    assert variables["params"]["fc"]["kernel"].shape == (8 * 8 * (8 + 3), 16)
+    is_colour = np.tile(np.arange(8 + 3) >= 8, 8 * 8)
+    # Shape features alone: red, yellow and magenta triangles (one, two, two lit planes) give
+    # the same output; a square does not.
+    shape_only = _fc_rows(variables, ~is_colour)
+    outs = {c: enc.apply(shape_only, _scene(c, "triangle")) for c in ("red", "yellow", "magenta")}
+    np.testing.assert_allclose(outs["red"], outs["yellow"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs["red"], outs["magenta"], rtol=1e-5, atol=1e-5)
+    assert np.abs(outs["red"] - enc.apply(shape_only, _scene("red", "square"))).max() > 1e-3
+    # Colour features alone: fc sees each 4x4 cell's per-channel maximum, computed here with
+    # numpy from the pixels, so the output is gelu(cell_max @ W + b) then LayerNorm.
+    colour_only = _fc_rows(variables, is_colour)
+    for image in (red_tri, yellow_tri, _scene("cyan", "diamond", x0=17, y0=15, size=9)):
+        cells = np.asarray(image[0]).reshape(8, 4, 8, 4, 3).max(axis=(1, 3)).reshape(-1)
+        fc = variables["params"]["fc"]
+        h = jax.nn.gelu(cells @ np.asarray(fc["kernel"])[is_colour] + np.asarray(fc["bias"]))
+        want = (h - h.mean()) / np.sqrt(h.var() + 1e-6)
+        np.testing.assert_allclose(enc.apply(colour_only, image)[0], want, atol=1e-4)
+    # Both together: the colour tells the red triangle from the yellow one.
+    assert np.abs(enc.apply(variables, red_tri) - enc.apply(variables, yellow_tri)).max() > 1e-3
+
+
+def test_image_tower_refuses_unknown_colour_mode_and_odd_sizes():
+    x = jnp.zeros((1, 32, 32, 3))
+    with pytest.raises(ValueError, match="colour mode 'rgb'; valid: joint, planes, factorised"):
+        ImageEncoder(widths=(4,), out_dim=8, colour="rgb").init(jax.random.key(0), x)
+    odd = jnp.zeros((1, 30, 30, 3))  # 30 -> 15 -> 8: cells of the final map are not whole
+    with pytest.raises(ValueError, match="multiple of the final feature map"):
+        ImageEncoder(widths=(4, 4, 4), out_dim=8, colour="factorised").init(jax.random.key(0), odd)
+
+
+def test_image_colour_of_workdirs_saved_before_the_option():
+    old = ml_collections.ConfigDict({"image_dim": 8})
+    assert image_colour(old) == "joint"
+    old.image_colour_shared = True
+    assert image_colour(old) == "planes"
+    assert image_colour(ml_collections.ConfigDict({"image_colour": "factorised"})) == "factorised"
 
 
 def _pair_features(pairs, kind):

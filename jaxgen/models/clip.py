@@ -27,6 +27,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
 
 
 POOLS = ("flatten", "moments")
+COLOUR_MODES = ("joint", "planes", "factorised")
 
 
 def spatial_moments(f: jax.Array) -> jax.Array:
@@ -57,10 +58,16 @@ class ImageEncoder(nn.Module):
         concatenated (a dense weight per position and channel). ``"moments"``: per channel the
         spatial mean of ``f``, of ``f * x`` and of ``f * y`` (``x, y`` in [-1, 1] the position):
         what a channel sees and where, with one weight per channel for every position.
-      colour_shared: run the conv stages on each colour channel alone, as a one-channel
-        image, with the same weights, and stack the three results channel-wise at the end: a
-        shape is then detected by the same filters whatever its colour, and the colour survives
-        as which of the three slots responds.
+      colour: how the tower treats the colour channels. ``"joint"``: the first conv sees all
+        three, like any RGB network. ``"planes"``: the conv stages run on each colour plane
+        alone, as a one-channel image, with one set of weights, and the three results are
+        stacked channel-wise: the same filters see a shape whatever its colour, and the colour
+        survives as which slot responds. ``"factorised"``: the same per-plane stages, but the
+        three results are reduced by a maximum over planes, which is blind to colour (a red
+        and a yellow triangle give the same map: each lights one or two planes and leaves an
+        empty one), and each cell of the final map gets the colour from the per-channel
+        maximum of its pixels. Shape and colour then reach the pooling as separate features,
+        so a colour-shape pair never seen in training still gets its shape read.
       dtype: compute dtype (parameters stay float32).
     """
 
@@ -68,7 +75,7 @@ class ImageEncoder(nn.Module):
     out_dim: int = 256
     patch_size: int = 1
     pool: str = "flatten"
-    colour_shared: bool = False
+    colour: str = "joint"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -81,9 +88,14 @@ class ImageEncoder(nn.Module):
         Returns:
           ``[B, out_dim]`` float32 features (before the joint-space projection).
         """
+        if self.colour not in COLOUR_MODES:
+            raise ValueError(
+                f"Unknown image colour mode {self.colour!r}; valid: {', '.join(COLOUR_MODES)}."
+            )
         x = images.astype(self.dtype)
         batch, colours = x.shape[0], x.shape[-1]
-        if self.colour_shared:  # [B, H, W, 3] -> [B * 3, H, W, 1]
+        per_plane = self.colour != "joint"
+        if per_plane:  # [B, H, W, 3] -> [B * 3, H, W, 1]
             x = jnp.moveaxis(x, -1, 1).reshape(batch * colours, *x.shape[1:3], 1)
         p = self.patch_size
         if p > 1:
@@ -97,9 +109,21 @@ class ImageEncoder(nn.Module):
             x = nn.gelu(x)
             x = conv3x3(width, self.dtype, name=f"conv{i}_b")(x)
             x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name=f"ln{i}")(x))
-        if self.colour_shared:  # [B * 3, h, w, C] -> [B, h, w, 3 * C], colour-major
-            x = jnp.moveaxis(x.reshape(batch, colours, *x.shape[1:]), 1, 3)
-            x = x.reshape(*x.shape[:3], -1)
+        if per_plane:
+            x = x.reshape(batch, colours, *x.shape[1:])  # [B, 3, h, w, C]
+        if self.colour == "planes":  # -> [B, h, w, 3 * C], colour-major
+            x = jnp.moveaxis(x, 1, 3).reshape(*x.shape[:1], *x.shape[2:4], -1)
+        elif self.colour == "factorised":  # -> [B, h, w, C + 3]: shape maps, cell colours
+            h, w = x.shape[2:4]
+            if images.shape[1] % h or images.shape[2] % w:
+                raise ValueError(
+                    f"colour 'factorised' needs the image size {images.shape[1:3]} to be a "
+                    f"multiple of the final feature map's {(h, w)}"
+                )
+            cells = images.astype(self.dtype).reshape(
+                batch, h, images.shape[1] // h, w, images.shape[2] // w, colours
+            )
+            x = jnp.concatenate([jnp.max(x, axis=1), jnp.max(cells, axis=(2, 4))], axis=-1)
         if self.pool == "flatten":
             x = x.reshape(x.shape[0], -1)  # keeps position: relations live there
         elif self.pool == "moments":
@@ -143,7 +167,7 @@ class CLIP(nn.Module):
       image_dim: width of the image tower's feature vector.
       image_patch_size: space-to-depth factor at the image tower's input.
       image_pool: ``ImageEncoder.pool``.
-      image_colour_shared: ``ImageEncoder.colour_shared``.
+      image_colour: ``ImageEncoder.colour``.
       init_temperature: initial softmax temperature (CLIP: 0.07).
       dtype: compute dtype of both towers.
     """
@@ -154,7 +178,7 @@ class CLIP(nn.Module):
     image_dim: int = 256
     image_patch_size: int = 1
     image_pool: str = "flatten"
-    image_colour_shared: bool = False
+    image_colour: str = "joint"
     init_temperature: float = 0.07
     dtype: Dtype = jnp.float32
 
@@ -165,7 +189,7 @@ class CLIP(nn.Module):
             self.image_dim,
             self.image_patch_size,
             self.image_pool,
-            self.image_colour_shared,
+            self.image_colour,
             self.dtype,
             name="image",
         )

@@ -57,6 +57,14 @@ def contrastive_loss(
     return 0.5 * (i2t + t2i), logits
 
 
+def image_colour(model_config) -> str:
+    """The image tower's colour mode; workdirs saved before the option have the ``joint`` one."""
+    if "image_colour" in model_config:
+        return str(model_config.image_colour)
+    # The boolean this option replaced: True meant the ``planes`` mode.
+    return "planes" if model_config.get("image_colour_shared", False) else "joint"
+
+
 class CLIPPipeline(Pipeline):
     """State: ``params["clip"]`` (both towers and the temperature), AdamW state and an EMA."""
 
@@ -71,7 +79,7 @@ class CLIPPipeline(Pipeline):
             image_dim=int(mc.image_dim),
             image_patch_size=int(mc.get("image_patch_size", 1)),
             image_pool=str(mc.get("image_pool", "flatten")),
-            image_colour_shared=bool(mc.get("image_colour_shared", False)),
+            image_colour=image_colour(mc),
             init_temperature=float(mc.init_temperature),
             dtype=state_lib.compute_dtype(mc),
         )
