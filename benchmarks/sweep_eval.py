@@ -1,10 +1,12 @@
 """Evaluates a trained workdir at several values of one sampling setting, as a Markdown table.
 
     python benchmarks/sweep_eval.py runs/ddpm --key=sample.guidance_scale --values=1.5,3,5,8
+        [--set eval.num_samples=256 ...]
 
 Each value reloads the workdir with that override (the same as ``--mode=eval --config.<key>=v``)
-and runs the pipeline's evaluators with the training loop's evaluation key, so the numbers are
-comparable to the run's own ``eval.json``. The workdir is not written to.
+plus the ``--set`` ones, held fixed for every value, and runs the pipeline's evaluators with the
+training loop's evaluation key, so the numbers are comparable to the run's own ``eval.json``.
+The workdir is not written to.
 """
 
 import argparse
@@ -13,6 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
+
+from common import parse_overrides  # noqa: E402
 
 from jaxgen import api  # noqa: E402
 from jaxgen.training import loop  # noqa: E402
@@ -34,19 +38,22 @@ def main() -> None:
     parser.add_argument("--key", required=True, help="dotted config key, e.g. sample.num_steps")
     parser.add_argument("--values", required=True, help="comma-separated values of --key")
     parser.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated keys")
+    parser.add_argument("--set", action="append", default=[], help="fixed override key=value")
     args = parser.parse_args()
 
+    fixed = parse_overrides(args.set)
     try:
         config = loop.load_config(args.workdir)
+        api.apply_overrides(config, fixed)
         parent, leaf = api.resolve_key(config, args.key)
-    except (NoCheckpointError, ValueError) as e:  # not a workdir, or an unknown --key
+    except (NoCheckpointError, ValueError) as e:  # not a workdir, or an unknown key
         raise SystemExit(f"error: {e}") from None
     values = [parse_value(v, parent[leaf]) for v in args.values.split(",")]
     keys = args.metrics.split(",")
     rows = []
     for value in values:
         t0 = time.perf_counter()
-        model = api.load(args.workdir, overrides={args.key: value})
+        model = api.load(args.workdir, overrides={**fixed, args.key: value})
         results = model.evaluate()
         seconds = time.perf_counter() - t0
         rows.append((value, results, seconds))

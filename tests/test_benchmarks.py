@@ -99,10 +99,17 @@ def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
     assert str(history[-1]["step"]) in last and f"{history[-1]['test/colour']:.3f}" in last
 
     proc = run_benchmark(
-        "sweep_eval.py", str(trained_workdir), "--key=sample.guidance_scale", "--values=1,2"
+        "sweep_eval.py",
+        str(trained_workdir),
+        "--key=sample.guidance_scale",
+        "--values=1,2",
+        "--set=eval.num_samples=3",
+        "--metrics=test/num_images,test/colour",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [row[0] for row in table_rows(proc.stdout)[1:]] == ["1.0", "2.0"], proc.stdout
+    rows = table_rows(proc.stdout)[1:]
+    assert [row[0] for row in rows] == ["1.0", "2.0"], proc.stdout
+    assert [row[1] for row in rows] == ["3.000", "3.000"], proc.stdout  # --set held fixed
 
     proc = run_benchmark("relation_errors.py", str(trained_workdir), "--num=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,8 +124,9 @@ def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
         assert_one_error_line(proc, "not a jaxgen workdir")
     proc = run_benchmark("sweep_eval.py", str(trained_workdir), "--key=sample.nope", "--values=1")
     assert_one_error_line(proc, "Valid keys: ")
-    proc = run_benchmark("relation_errors.py", str(trained_workdir), "--set=sample.nope=1")
-    assert_one_error_line(proc, "Valid keys: ")
+    for script, *extra in [("relation_errors.py",), ("sweep_eval.py", "--key=seed", "--values=1")]:
+        proc = run_benchmark(script, str(trained_workdir), "--set=sample.nope=1", *extra)
+        assert_one_error_line(proc, "Valid keys: ")
 
 
 def test_ddpm_speed_reports_training_sampling_and_the_unconditional_step(tmp_path):
