@@ -104,9 +104,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample.sampler = "ddim"
     config.sample.num_steps = 25
     config.sample.eta = 0.0
-    # Measured on the 50-minute shapes run (benchmarks/sweep_eval.py, 64 prompts per split):
-    # guidance 1.5 / 3 / 5 / 8 gave test colour 0.85 / 0.89 / 0.92 / 0.92, shape 0.50 / 0.52 /
-    # 0.57 / 0.57, relation 0.40 / 0.49 / 0.51 / 0.46.
+    # Measured on a 50-minute shapes run with the joint-tower CLIP (benchmarks/sweep_eval.py,
+    # 64 prompts per split): guidance 1.5 / 3 / 5 / 8 gave test colour 0.85 / 0.89 / 0.92 /
+    # 0.92, shape 0.50 / 0.52 / 0.57 / 0.57, relation 0.40 / 0.49 / 0.51 / 0.46.
     config.sample.guidance_scale = 5.0
     config.sample.batch_size = 64
     config.sample.num = 36
