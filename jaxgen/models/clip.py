@@ -67,7 +67,10 @@ class ImageEncoder(nn.Module):
         and a yellow triangle give the same map: each lights one or two planes and leaves an
         empty one), and each cell of the final map gets the colour from the per-channel
         maximum of its pixels. Shape and colour then reach the pooling as separate features,
-        so a colour-shape pair never seen in training still gets its shape read.
+        so a colour-shape pair never seen in training still gets its shape read. The
+        blindness holds for flat, saturated colours on a dark background (``shapes``); on
+        natural images the maximum mixes colour into the shape features, and ``"joint"`` is
+        the usual choice.
       dtype: compute dtype (parameters stay float32).
     """
 
