@@ -500,3 +500,15 @@ def test_text_encoder_loading_checks_causal(clip_workdir):
     load_text_encoder(clip_workdir, causal=causal)
     with pytest.raises(ValueError, match="model.text.causal"):
         load_text_encoder(clip_workdir, causal=not causal)
+
+
+def test_clip_config_variants_pick_the_image_colour_mode():
+    from jaxgen.config import load_experiment
+
+    assert load_experiment("experiments/clip.py").model.image_colour == "factorised"
+    assert load_experiment("experiments/clip.py:joint,smoke").model.image_colour == "joint"
+    assert load_experiment("experiments/clip.py:digits").model.image_colour == "joint"
+    # DDPM conditions on the joint-tower CLIP's text encoder (README: better colours).
+    assert load_experiment("experiments/ddpm.py").pretrain.clip == "clip:joint"
+    with pytest.raises(ValueError, match="each with ',joint' and/or ',smoke'"):
+        load_experiment("experiments/clip.py:colour")
