@@ -342,10 +342,9 @@ def _scene(colour, shape, x0=6, y0=4, size=12):
 
 def _fc_rows(variables, keep):
     """A copy of ``variables`` whose ``fc`` kernel keeps only the rows where ``keep`` is True."""
-    params = jax.tree.map(lambda a: a, variables["params"])
-    kernel = params["fc"]["kernel"]
-    params["fc"] = {**params["fc"], "kernel": jnp.where(keep[:, None], kernel, 0.0)}
-    return {"params": params}
+    fc = variables["params"]["fc"]
+    fc = {**fc, "kernel": jnp.where(keep[:, None], fc["kernel"], 0.0)}
+    return {"params": {**variables["params"], "fc": fc}}
 
 
 def test_factorised_tower_reads_shape_blind_to_colour_and_colour_per_cell():

@@ -95,7 +95,7 @@ class ImageEncoder(nn.Module):
             raise ValueError(
                 f"Unknown image colour mode {self.colour!r}; valid: {', '.join(COLOUR_MODES)}."
             )
-        x = images.astype(self.dtype)
+        pixels = x = images.astype(self.dtype)
         batch, colours = x.shape[0], x.shape[-1]
         per_plane = self.colour != "joint"
         if per_plane:  # [B, H, W, 3] -> [B * 3, H, W, 1]
@@ -123,9 +123,7 @@ class ImageEncoder(nn.Module):
                     f"colour 'factorised' needs the image size {images.shape[1:3]} to be a "
                     f"multiple of the final feature map's {(h, w)}"
                 )
-            cells = images.astype(self.dtype).reshape(
-                batch, h, images.shape[1] // h, w, images.shape[2] // w, colours
-            )
+            cells = pixels.reshape(batch, h, images.shape[1] // h, w, images.shape[2] // w, colours)
             x = jnp.concatenate([jnp.max(x, axis=1), jnp.max(cells, axis=(2, 4))], axis=-1)
         if self.pool == "flatten":
             x = x.reshape(x.shape[0], -1)  # keeps position: relations live there
