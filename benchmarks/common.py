@@ -34,6 +34,21 @@ def parse_overrides(items) -> dict:
     return out
 
 
+def load_shapes_workdir(workdir: Path, overrides: list[str]):
+    """``api.load`` of a workdir trained on ``shapes``, with ``--set`` overrides; a clean exit
+    (one error line) when it is not a workdir, a key is unknown or the dataset is another."""
+    from jaxgen import api
+    from jaxgen.training.checkpoint import NoCheckpointError
+
+    try:
+        model = api.load(workdir, parse_overrides(overrides))
+    except (NoCheckpointError, ValueError) as e:  # not a workdir, or a bad --set key
+        raise SystemExit(f"error: {e}") from None
+    if model.config.data.name != "shapes":
+        raise SystemExit(f"{workdir} was trained on {model.config.data.name!r}, not shapes.")
+    return model
+
+
 def flops_of(compiled) -> float:
     """'flops' from XLA's cost analysis (a dict, or a list of dicts in some versions)."""
     cost = compiled.cost_analysis()

@@ -15,12 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
 
-from common import parse_overrides  # noqa: E402
+from common import load_shapes_workdir  # noqa: E402
 
-from jaxgen import api  # noqa: E402
 from jaxgen.data import shapes  # noqa: E402
 from jaxgen.evaluation import shapes_judge  # noqa: E402
-from jaxgen.training.checkpoint import NoCheckpointError  # noqa: E402
 
 
 def main() -> None:
@@ -32,12 +30,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    try:
-        model = api.load(args.workdir, parse_overrides(args.set))
-    except (NoCheckpointError, ValueError) as e:  # not a workdir, or a bad --set key
-        raise SystemExit(f"error: {e}") from None
-    if model.config.data.name != "shapes":
-        raise SystemExit(f"{args.workdir} was trained on {model.config.data.name!r}, not shapes.")
+    model = load_shapes_workdir(args.workdir, args.set)
     size = int(model.config.data.image_size)
     captions, truths = shapes.make_prompts(args.split, 8 * args.num, image_size=size)
     pairs = [(c, t) for c, t in zip(captions, truths, strict=True) if t["relation"]][: args.num]

@@ -86,7 +86,8 @@ def test_tokenizer_speed_reports_training_and_codec_speed(tmp_path):
 
 
 def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
-    """quality_curve, sweep_eval and relation_errors on the shared smoke run (read-only)."""
+    """quality_curve, sweep_eval, relation_errors and shape_errors on the shared smoke run
+    (read-only)."""
     before = sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*"))
     proc = run_benchmark("quality_curve.py", str(trained_workdir), "--metrics=test/colour")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -117,6 +118,13 @@ def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
     # Every one of the 8 prompts lands in exactly one cell of the 4 x 5 confusion matrix.
     assert len(counts) == 4 and all(len(r) == 5 for r in counts), proc.stdout
     assert sum(map(sum, counts)) == 8, proc.stdout
+
+    proc = run_benchmark("shape_errors.py", str(trained_workdir), "--num=6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [[int(v) for v in row[1:]] for row in table_rows(proc.stdout)[1:]]
+    # Every object of the 6 prompts lands in one cell of the 4 x 5 matrix (1 or 2 per prompt).
+    assert len(counts) == 4 and all(len(r) == 5 for r in counts), proc.stdout
+    assert 6 <= sum(map(sum, counts)) <= 12 and "two-object prompts" in proc.stdout
     assert before == sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*"))
 
     for script, *extra in [("relation_errors.py",), ("sweep_eval.py", "--key=a.b", "--values=1")]:

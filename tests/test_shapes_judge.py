@@ -139,6 +139,40 @@ def test_relation_confusion_separates_axis_from_direction():
         judge.relation_confusion(np.zeros((2, 32, 32, 3), np.uint8), two[:1])
 
 
+def test_shape_confusion_counts_leaks_between_two_objects():
+    images, truths = _real("test", 300)
+    real = judge.shape_confusion(images, truths)
+    asked = [shapes.SHAPES.index(o["shape"]) for t in truths for o in t["objects"]]
+    counts = np.bincount(asked, minlength=4)
+    np.testing.assert_array_equal(real["matrix"], np.c_[np.diag(counts), np.zeros(4, int)])
+    assert real["shape_one"] == real["shape_two"] == real["pairs_right"] == 1.0
+    assert real["pairs_same"] == 0.0
+    differ = [t for t in truths if t["relation"] and len({o["shape"] for o in t["objects"]}) == 2]
+    assert real["pairs"] == len(differ) > 20
+    # Both objects drawn with the first one's shape: the second object is always wrong, into the
+    # first object's shape column, and every such pair counts as "one shape".
+    leaked = [
+        shapes.render_scene(
+            [t["objects"][0], dict(t["objects"][1], shape=t["objects"][0]["shape"])], 32
+        )
+        for t in differ
+    ]
+    out = judge.shape_confusion(np.stack(leaked), differ)
+    assert out["shape_two"] == 0.5 and np.isnan(out["shape_one"])
+    assert out["pairs"] == len(differ) and out["pairs_right"] == 0.0 and out["pairs_same"] == 1.0
+    expected = np.zeros((4, 5), int)
+    for t in differ:
+        first, second = (shapes.SHAPES.index(o["shape"]) for o in t["objects"])
+        expected[first, first] += 1
+        expected[second, first] += 1
+    np.testing.assert_array_equal(out["matrix"], expected)
+    # A black image: every object is missing, no pair is readable.
+    black = judge.shape_confusion(np.zeros((len(differ), 32, 32, 3), np.uint8), differ)
+    assert black["matrix"][:, 4].sum() == 2 * len(differ) and black["pairs"] == 0
+    with pytest.raises(ValueError, match="truths"):
+        judge.shape_confusion(np.zeros((2, 32, 32, 3), np.uint8), differ[:1])
+
+
 def test_count_detects_extra_object():
     _, truths = _real("test", 100)
     one = [t for t in truths if len(t["objects"]) == 1][:20]

@@ -280,6 +280,57 @@ def relation_confusion(images, truths: Sequence[dict], dark_threshold: float = 0
     }
 
 
+def shape_confusion(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> dict:
+    """Which shape each prompted object is drawn with, and whether two objects' shapes leak.
+
+    A two-object prompt of two different shapes can go wrong by drawing both objects with one
+    shape (the shape words leak from one object to the other) rather than by drawing a third.
+
+    Args:
+      images: [N, S, S, 3], uint8 or float in [-1, 1].
+      truths: N ground truths.
+      dark_threshold: see `classify_pixels`.
+
+    Returns:
+      {"matrix": int [4, 5] (rows: asked shape in shapes.SHAPES order; columns: the shape drawn
+       in that object's colour, then "missing": no object of that colour),
+       "shape_one" / "shape_two": shape accuracy over the objects of one- / two-object prompts,
+       "pairs": two-object prompts asking two different shapes with both colours found,
+       "pairs_right": the fraction of those with both shapes right,
+       "pairs_same": the fraction drawing both objects with one shape}.
+    """
+    images = np.asarray(images)
+    if len(images) != len(truths):
+        raise ValueError(f"{len(images)} images but {len(truths)} truths")
+    matrix = np.zeros((len(shapes.SHAPES), len(shapes.SHAPES) + 1), np.int64)
+    right: dict[int, list[bool]] = {1: [], 2: []}
+    pairs = pairs_right = pairs_same = 0
+    for detected, truth in zip(detect_objects(images, dark_threshold), truths, strict=True):
+        matched = _match_by_colour(detected, truth)
+        asked = [t["shape"] for t in truth["objects"]]
+        drawn = [None if m is None else m["shape"] for m in matched]
+        for a, d in zip(asked, drawn, strict=True):
+            col = len(shapes.SHAPES) if d is None else shapes.SHAPES.index(d)
+            matrix[shapes.SHAPES.index(a), col] += 1
+            right[len(asked)].append(a == d)
+        if len(asked) == 2 and asked[0] != asked[1] and None not in drawn:
+            pairs += 1
+            pairs_right += drawn == asked
+            pairs_same += drawn[0] == drawn[1]
+
+    def mean(values):
+        return float(np.mean(values)) if len(values) else float("nan")
+
+    return {
+        "matrix": matrix,
+        "shape_one": mean(right[1]),
+        "shape_two": mean(right[2]),
+        "pairs": pairs,
+        "pairs_right": pairs_right / pairs if pairs else float("nan"),
+        "pairs_same": pairs_same / pairs if pairs else float("nan"),
+    }
+
+
 def features(images, dark_threshold: float = 0.4) -> np.ndarray:
     """A fixed descriptor of each image, for a Frechet distance between image sets.
 
