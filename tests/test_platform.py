@@ -46,6 +46,52 @@ def test_ddpm_config_rejects_unknown_variant():
         load_experiment("ddpm", "nope")
 
 
+def test_ddpm_text_lr_scale_scales_the_text_encoder_update_only():
+    from jaxgen.training import loop
+
+    def pipeline_and_batch(**model):
+        config = load_experiment("ddpm", "smoke")
+        config.model.update(model)
+        config.train.warmup_steps = 0  # a first step with a learning rate above zero
+        source = data_lib.build_source(config.data, "train")
+        return build_pipeline(config), jax.tree.map(jnp.asarray, loop.example_batch(source, 4))
+
+    # The zero-initialised output layers give the text encoder a zero gradient for the first
+    # few steps; a few steps of the full-rate pipeline make a state where it has one.
+    full, batch = pipeline_and_batch(freeze_text=False)
+    state = full.init(jax.random.key(0), batch)
+    step = jax.jit(full.train_step)
+    for i in range(4):
+        state, _ = step(state, batch, jax.random.key(i))
+
+    def moved(train_step):
+        after, _ = train_step(state, batch, jax.random.key(9))
+        return jax.tree.map(lambda a, b: np.asarray(a - b), after.params, state.params)["unet"]
+
+    one = moved(step)
+    quarter = moved(
+        jax.jit(pipeline_and_batch(freeze_text=False, text_lr_scale=0.25)[0].train_step)
+    )
+    # Same gradients and Adam state: the text encoder moves a quarter as far, the UNet the same
+    # (to float32 rounding of params + update, ~1e-8 here against updates of ~1e-4).
+    assert max(np.abs(x).max() for x in jax.tree.leaves(one["text_encoder"])) > 0
+    jax.tree.map(
+        lambda q, f: np.testing.assert_allclose(q, 0.25 * f, rtol=1e-4, atol=1e-7),
+        quarter["text_encoder"],
+        one["text_encoder"],
+    )
+    rest = [k for k in one if k != "text_encoder"]
+    jax.tree.map(
+        lambda q, f: np.testing.assert_allclose(q, f, rtol=1e-4, atol=1e-7),
+        {k: quarter[k] for k in rest},
+        {k: one[k] for k in rest},
+    )
+    config = load_experiment("ddpm", "smoke")
+    config.model.text_lr_scale = 1.5
+    with pytest.raises(ValueError, match="text_lr_scale must be in"):
+        build_pipeline(config)
+
+
 def test_unknown_dataset_names_valid_ones():
     cfg = ml_collections.ConfigDict({"name": "nope", "image_size": 16, "max_text_len": 32})
     with pytest.raises(ValueError, match="Valid datasets: shapes, digits"):

@@ -71,6 +71,12 @@ class DDPMPipeline(Pipeline):
         self.empty_tokens = jnp.asarray(tokenizer.encode("", self.max_text_len))
         self.text_init = str(mc.get("text_init", "") or "")
         self.freeze_text = bool(mc.get("freeze_text", False))
+        # Scales the text encoder's optimizer updates (its learning rate, since Adam's update
+        # does not scale with the gradient) when it trains: a pretrained encoder fine-tuned more
+        # gently than the UNet learns from scratch.
+        self.text_lr_scale = float(mc.get("text_lr_scale", 1.0))
+        if not 0.0 <= self.text_lr_scale <= 1.0:
+            raise ValueError(f"model.text_lr_scale must be in [0, 1], got {self.text_lr_scale}.")
         if (self.text_init or self.freeze_text) and not self.conditional:
             raise ValueError(
                 "model.text_init / model.freeze_text need a text encoder (model.text)."
@@ -136,6 +142,10 @@ class DDPMPipeline(Pipeline):
             loss_fn = _with_frozen(loss_fn, "text_encoder")
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = self.tx.update(grads, state.opt_state["unet"], params)
+        if self.conditional and not self.freeze_text and self.text_lr_scale != 1.0:
+            scale = self.text_lr_scale
+            text = jax.tree.map(lambda u: u * scale, updates["text_encoder"])
+            updates = {**updates, "text_encoder": text}
         params = jax.tree.map(jnp.add, params, updates)
         decay = state_lib.ema_decay_at(state.step, float(tc.ema_decay))
         ema = state_lib.ema_update(state.ema_params["unet"], params, decay)
