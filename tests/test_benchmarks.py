@@ -175,5 +175,7 @@ def test_composition_probe_prints_both_towers(clip_smoke_workdir, trained_workdi
         ("text", "shape"),
     ]
     assert all(0.0 <= v <= 1.0 for pair in cells.values() for v in pair)
+    binding = proc.stdout.split("binding: ")[1].split()
+    assert 0.0 <= float(binding[0]) <= 1.0 and int(binding[2]) > 0, proc.stdout
     proc = run_benchmark("composition_probe.py", str(trained_workdir))  # a DDPM run
     assert_one_error_line(proc, "not a CLIP run")
