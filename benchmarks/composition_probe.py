@@ -50,7 +50,8 @@ def one_object_scenes(split: str, num: int, image_size: int, max_text_len: int) 
 
 
 def binding_accuracy(model, num: int, image_size: int) -> tuple[float, int]:
-    """Zero-shot: the true caption against the one with the two objects' shapes swapped."""
+    """Zero-shot: the true caption against the one with the two objects' shapes swapped (a tie
+    counts as a miss)."""
     source = shapes.ShapesSource("test", image_size, num_examples=num)
     images, true, swapped = [], [], []
     for i in range(len(source)):
