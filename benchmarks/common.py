@@ -3,6 +3,7 @@ loop's jitted train step on any pipeline."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import math
 import statistics
@@ -34,19 +35,38 @@ def parse_overrides(items) -> dict:
     return out
 
 
-def load_shapes_workdir(workdir: Path, overrides: list[str]):
-    """``api.load`` of a workdir trained on ``shapes``, with ``--set`` overrides; a clean exit
-    (one error line) when it is not a workdir, a key is unknown or the dataset is another."""
+def shapes_workdir_cli(description: str, num: int, num_help: str):
+    """The command line of a diagnostic that samples a ``shapes`` generator's workdir.
+
+    Parses ``workdir``, ``--num`` (default ``num``), ``--split``, ``--set key=value`` (repeatable
+    overrides) and ``--seed``, then ``api.load``s the workdir. Exits with one error line when it
+    is not a workdir, a key is unknown or the dataset is another. Returns ``(args, model)``.
+    """
     from jaxgen import api
     from jaxgen.training.checkpoint import NoCheckpointError
 
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--num", type=int, default=num, help=num_help)
+    parser.add_argument("--split", default="test", choices=("test", "heldout"))
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
     try:
-        model = api.load(workdir, parse_overrides(overrides))
+        model = api.load(args.workdir, parse_overrides(args.set))
     except (NoCheckpointError, ValueError) as e:  # not a workdir, or a bad --set key
         raise SystemExit(f"error: {e}") from None
     if model.config.data.name != "shapes":
-        raise SystemExit(f"{workdir} was trained on {model.config.data.name!r}, not shapes.")
-    return model
+        raise SystemExit(f"{args.workdir} was trained on {model.config.data.name!r}, not shapes.")
+    return args, model
+
+
+def print_counts(corner: str, rows, columns, matrix) -> None:
+    """A Markdown table of counts: one row per name in ``rows``, one column per ``columns``."""
+    print(f"\n| {corner} | " + " | ".join(columns) + " |")
+    print("|---|" + "---:|" * len(columns))
+    for name, row in zip(rows, matrix, strict=True):
+        print(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
 
 
 def flops_of(compiled) -> float:

@@ -9,40 +9,29 @@ prompted objects. A model that knows the axis but not which object comes first f
 blocks on the diagonal evenly. The workdir is not written to.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
 
-from common import load_shapes_workdir  # noqa: E402
+from common import print_counts, shapes_workdir_cli  # noqa: E402
 
 from jaxgen.data import shapes  # noqa: E402
 from jaxgen.evaluation import shapes_judge  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir", type=Path)
-    parser.add_argument("--num", type=int, default=96, help="two-object prompts to sample")
-    parser.add_argument("--split", default="test", choices=("test", "heldout"))
-    parser.add_argument("--set", action="append", default=[], help="config override key=value")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    model = load_shapes_workdir(args.workdir, args.set)
+    args, model = shapes_workdir_cli(__doc__.splitlines()[0], 96, "two-object prompts to sample")
     size = int(model.config.data.image_size)
     captions, truths = shapes.make_prompts(args.split, 8 * args.num, image_size=size)
     pairs = [(c, t) for c, t in zip(captions, truths, strict=True) if t["relation"]][: args.num]
     images = model.generate([c for c, _ in pairs], seed=args.seed)
     result = shapes_judge.relation_confusion(images, [t for _, t in pairs])
 
-    names = [*shapes.RELATIONS, "not readable"]
     print(f"{args.workdir} at step {model.step}, {len(pairs)} {args.split} prompts")
-    print("\n| asked \\ drawn | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * len(names))
-    for name, row in zip(shapes.RELATIONS, result["matrix"], strict=True):
-        print(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    print_counts(
+        "asked \\ drawn", shapes.RELATIONS, [*shapes.RELATIONS, "not readable"], result["matrix"]
+    )
     print(f"\nrelation right {result['relation']:.3f}, axis right {result['axis']:.3f} (readable)")
 
 

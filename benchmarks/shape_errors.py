@@ -9,39 +9,26 @@ two-object prompts apart, and, for two-object prompts asking two different shape
 both are right and how often both objects come out as one shape. The workdir is not written to.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
 
-from common import load_shapes_workdir  # noqa: E402
+from common import print_counts, shapes_workdir_cli  # noqa: E402
 
 from jaxgen.data import shapes  # noqa: E402
 from jaxgen.evaluation import shapes_judge  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir", type=Path)
-    parser.add_argument("--num", type=int, default=192, help="prompts to sample")
-    parser.add_argument("--split", default="test", choices=("test", "heldout"))
-    parser.add_argument("--set", action="append", default=[], help="config override key=value")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    model = load_shapes_workdir(args.workdir, args.set)
+    args, model = shapes_workdir_cli(__doc__.splitlines()[0], 192, "prompts to sample")
     size = int(model.config.data.image_size)
     captions, truths = shapes.make_prompts(args.split, args.num, image_size=size)
     images = model.generate(captions, seed=args.seed)
     result = shapes_judge.shape_confusion(images, truths)
 
-    names = [*shapes.SHAPES, "missing"]
     print(f"{args.workdir} at step {model.step}, {args.num} {args.split} prompts")
-    print("\n| asked \\ drawn | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * len(names))
-    for name, row in zip(shapes.SHAPES, result["matrix"], strict=True):
-        print(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    print_counts("asked \\ drawn", shapes.SHAPES, [*shapes.SHAPES, "missing"], result["matrix"])
     print(
         f"\nshape right: one-object prompts {result['shape_one']:.3f}, two-object prompts "
         f"{result['shape_two']:.3f}; {result['pairs']} two-object prompts asking two shapes "
