@@ -47,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             film=True,
             # 2x2 pixel patches folded into channels: the UNet runs at 16, 8, 4 (see UNet).
             patch_size=2,
+            # Row and column channels at the input (UNet.coord_channels).
+            coord_channels=False,
         )
     )
     config.model.text = ml_collections.ConfigDict(
@@ -79,6 +81,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 0.11 with "min_snr".
     config.diffusion.loss_weighting = "simple"
     config.diffusion.min_snr_gamma = 5.0
+    # "uniform" over the T steps (Algorithm 1) or "logit_normal" (t / T = sigmoid(mean + std * n)).
+    config.diffusion.timestep_sampling = "uniform"
+    config.diffusion.timestep_logit_mean = 0.0
+    config.diffusion.timestep_logit_std = 1.0
     config.diffusion.cond_drop_prob = 0.1
 
     # Devices are split into data-parallel groups of `fsdp` devices that shard the state.

@@ -19,7 +19,7 @@ from jaxgen.models.layers import (
     upsample_nearest,
 )
 from jaxgen.models.text_encoder import BOS_ID, EOS_ID, PAD_ID, TextEncoder
-from jaxgen.models.unet import UNet
+from jaxgen.models.unet import UNet, coordinate_channels
 
 TINY_TEXT = dict(max_len=16, width=32, depth=1, num_heads=2)
 
@@ -296,6 +296,33 @@ def test_unet_shapes_train_mode(size, kw):
         chex.assert_trees_all_equal(
             fwd(params, jax.random.key(3), False), fwd(params, jax.random.key(4), False)
         )
+
+
+def test_coordinate_channels_closed_form():
+    grid = np.asarray(coordinate_channels((2, 3, 5)))
+    chex.assert_shape(grid, (2, 3, 5, 2))
+    rows, cols = np.meshgrid(np.arange(3), np.arange(5), indexing="ij")
+    np.testing.assert_allclose(grid[1, ..., 0], -1 + 2 * rows / 2, atol=1e-6)
+    np.testing.assert_allclose(grid[1, ..., 1], -1 + 2 * cols / 4, atol=1e-6)
+    np.testing.assert_array_equal(grid[0], grid[1])
+
+
+def test_unet_coord_channels_feed_the_first_conv():
+    """With patches of 2, conv_in sees 3 * 4 pixel channels plus the row and column channels."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    t = jnp.array([3, 500])
+    model = tiny_unet(text_encoder=None, patch_size=2, coord_channels=True)
+    params = perturb(jax.jit(model.init)(jax.random.key(1), x, t)["params"], jax.random.key(2))
+    kernel = params["conv_in"]["kernel"]
+    assert kernel.shape[-2] == 3 * 4 + 2
+    plain = model.clone(coord_channels=False)
+    assert plain.init(jax.random.key(1), x, t)["params"]["conv_in"]["kernel"].shape[-2] == 12
+    fwd = jax.jit(lambda p: model.apply({"params": p}, x, t))
+    out = fwd(params)
+    chex.assert_shape(out, (2, 16, 16, 3))
+    # The coordinate weights are wired in: zeroing them changes the output.
+    cut = dict(params, conv_in=dict(params["conv_in"], kernel=kernel.at[:, :, 12:].set(0.0)))
+    assert not np.allclose(out, fwd(cut), atol=1e-4)
 
 
 def test_unet_requires_tokens_when_conditional():

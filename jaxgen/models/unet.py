@@ -175,6 +175,10 @@ class UNet(nn.Module):
         them after the last (space-to-depth, as in "simple diffusion", Hoogeboom et al. 2023):
         the UNet then runs at ``H / p``, cutting the cost of the high-resolution levels by
         ``p ** 2`` while every output pixel keeps its own output channel. 1 = off.
+      coord_channels: append two channels holding each pixel's row and column, in [-1, 1], to
+        the first conv's input (CoordConv, Liu et al. 2018). Without them only the zero padding
+        tells a feature where it is, and attention (which has no position embedding) cannot tell
+        left from right.
     """
 
     ch: int = 64
@@ -192,6 +196,7 @@ class UNet(nn.Module):
     film: bool = True
     conv_impl: str = "auto"
     patch_size: int = 1
+    coord_channels: bool = False
 
     @nn.compact
     def __call__(
@@ -254,9 +259,10 @@ class UNet(nn.Module):
         p = self.patch_size
         if x.shape[1] % p or x.shape[2] % p:
             raise ValueError(f"image size {x.shape[1:3]} is not divisible by patch_size={p}")
-        h = conv3x3(self.ch, self.dtype, **conv_kw, name="conv_in")(
-            space_to_depth(x.astype(self.dtype), p)
-        )
+        h = space_to_depth(x.astype(self.dtype), p)
+        if self.coord_channels:
+            h = jnp.concatenate([h, coordinate_channels(h.shape[:3], self.dtype)], axis=-1)
+        h = conv3x3(self.ch, self.dtype, **conv_kw, name="conv_in")(h)
         skips = [h]
         for level, mult in enumerate(self.ch_mults):
             for i in range(self.num_res_blocks):
@@ -297,6 +303,15 @@ class UNet(nn.Module):
         h = nn.silu(GroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
         h = conv3x3(self.out_ch * p * p, self.dtype, zero=True, **conv_kw, name="conv_out")(h)
         return depth_to_space(h, p)
+
+
+def coordinate_channels(shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
+    """``[B, H, W, 2]``: each pixel's row and column, scaled so the first is -1 and the last +1."""
+    b, hgt, wid = shape
+    rows = jnp.linspace(-1.0, 1.0, hgt, dtype=dtype)
+    cols = jnp.linspace(-1.0, 1.0, wid, dtype=dtype)
+    grid = jnp.stack(jnp.meshgrid(rows, cols, indexing="ij"), axis=-1)
+    return jnp.broadcast_to(grid, (b, hgt, wid, 2))
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:
