@@ -212,6 +212,45 @@ def test_loss_simple_eps_with_zero_model_and_gradients():
     assert np.isfinite(g) and float(g) < 0.0  # w > 0 correlates with eps: the loss decreases
 
 
+def test_logit_normal_timesteps_match_closed_form_cdf():
+    """P(t <= k) = P(sigmoid(m + s n) < (k + 1) / T) = Phi((logit((k + 1) / T) - m) / s)."""
+    num, m, s = 1000, 0.5, 1.0
+    t = np.asarray(
+        jax.jit(lambda r: dif.sample_timesteps(r, 200_000, num, "logit_normal", m, s))(
+            jax.random.key(0)
+        )
+    )
+    assert t.dtype == np.int32 and t.min() >= 0 and t.max() < num
+    for k in (49, 249, 499, 749, 949):
+        u = (k + 1) / num
+        cdf = 0.5 * (1 + math.erf((math.log(u / (1 - u)) - m) / (s * math.sqrt(2))))
+        assert abs(np.mean(t <= k) - cdf) < 0.005, (k, np.mean(t <= k), cdf)
+    # Uniform: every step equally likely (P(t <= k) = (k + 1) / T).
+    uni = np.asarray(dif.sample_timesteps(jax.random.key(1), 200_000, num))
+    for k in (49, 499, 949):
+        assert abs(np.mean(uni <= k) - (k + 1) / num) < 0.005
+    # The loss draws its timesteps this way.
+    seen = []
+
+    def model_fn(x, t):
+        seen.append(np.asarray(t))
+        return x
+
+    x0 = jnp.zeros((4096, 1, 1, 1))
+    dif.diffusion_loss(
+        dif.make_schedule("linear", num),
+        model_fn,
+        x0,
+        jax.random.key(2),
+        "eps",
+        "simple",
+        timestep_sampling="logit_normal",
+        logit_mean=m,
+        logit_std=s,
+    )
+    assert abs(np.median(seen[0]) / num - 1 / (1 + math.exp(-m))) < 0.02
+
+
 def test_loss_rejects_unknown_names():
     sched = dif.make_schedule("linear", 10)
     x0 = jnp.zeros((2, 2, 2, 1))
@@ -219,3 +258,7 @@ def test_loss_rejects_unknown_names():
         dif.diffusion_loss(sched, lambda x, t: x, x0, jax.random.key(0), weighting="p2")
     with pytest.raises(ValueError, match="eps, x0, v"):
         dif.diffusion_loss(sched, lambda x, t: x, x0, jax.random.key(0), prediction_type="score")
+    with pytest.raises(ValueError, match="uniform, logit_normal"):
+        dif.diffusion_loss(sched, lambda x, t: x, x0, jax.random.key(0), timestep_sampling="beta")
+    with pytest.raises(ValueError, match="logit_std"):
+        dif.sample_timesteps(jax.random.key(0), 2, 10, "logit_normal", logit_std=0.0)

@@ -156,6 +156,7 @@ def test_checkpoints_hold_no_pickles_and_load_without_unpickling(reference_workd
         ("--config.train.steps=0", ("train.steps",)),
         ("--config.data.image_size=15", ("data.image_size=15", "multiple of 2")),
         ("--config.diffusion.cond_drop_prob=1.5", ("cond_drop_prob",)),
+        ("--config.diffusion.timestep_sampling=beta", ("timestep sampling", "logit_normal")),
     ],
 )
 def test_out_of_range_config_values(tmp_path, override, needles):

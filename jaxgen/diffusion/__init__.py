@@ -1,7 +1,13 @@
 """Diffusion building blocks shared by DDPM and unCLIP: schedules, forward process, losses,
 samplers and classifier-free guidance."""
 
-from jaxgen.diffusion.losses import WEIGHTINGS, diffusion_loss, min_snr_weight
+from jaxgen.diffusion.losses import (
+    TIMESTEP_SAMPLINGS,
+    WEIGHTINGS,
+    diffusion_loss,
+    min_snr_weight,
+    sample_timesteps,
+)
 from jaxgen.diffusion.process import (
     PREDICTION_TYPES,
     eps_from_v,
@@ -36,6 +42,7 @@ from jaxgen.diffusion.schedules import (
 __all__ = [
     "BETA_SCHEDULES",
     "PREDICTION_TYPES",
+    "TIMESTEP_SAMPLINGS",
     "WEIGHTINGS",
     "Schedule",
     "ancestral_sample",
@@ -52,6 +59,7 @@ __all__ = [
     "linear_beta_schedule",
     "make_schedule",
     "min_snr_weight",
+    "sample_timesteps",
     "predict_x0_eps",
     "q_mean_variance",
     "q_posterior_mean_variance",

@@ -9,6 +9,11 @@ Weightings, for per-step signal-to-noise ratio ``snr_t = abar_t / (1 - abar_t)``
   ``||eps - eps^||^2 = snr_t ||x0 - x0^||^2`` and ``||v - v^||^2 = (snr_t + 1) ||x0 - x0^||^2``,
   the weight on the target MSE is ``min(snr_t, gamma) / snr_t`` for eps,
   ``min(snr_t, gamma) / (snr_t + 1)`` for v and ``min(snr_t, gamma)`` for x0.
+
+Timestep sampling: ``"uniform"`` over ``{0, ..., T-1}`` (Algorithm 1), or ``"logit_normal"``
+(Esser et al. 2024, SD3): ``t = floor(T * sigmoid(m + s * n))``, ``n ~ N(0, 1)``, which spends the
+updates on the middle of the noise range, where layout and shape are decided, rather than on the
+nearly clean and the nearly pure-noise ends.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from jaxgen.diffusion.process import check_prediction_type, q_sample, target_for
 from jaxgen.diffusion.schedules import Schedule
 
 WEIGHTINGS = ("simple", "min_snr")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
@@ -47,6 +53,31 @@ def min_snr_weight(snr: jnp.ndarray, prediction_type: str, gamma: float) -> jnp.
     return clamped / (snr + 1.0)
 
 
+def sample_timesteps(
+    rng: jax.Array,
+    batch: int,
+    num_timesteps: int,
+    sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> jnp.ndarray:
+    """Draws ``batch`` int32 timesteps in ``[0, num_timesteps)`` (see the module docstring).
+
+    Raises:
+      ValueError: for an unknown ``sampling`` or a non-positive ``logit_std``.
+    """
+    if sampling == "uniform":
+        return jax.random.randint(rng, (batch,), 0, num_timesteps, dtype=jnp.int32)
+    if sampling != "logit_normal":
+        raise ValueError(
+            f"Unknown timestep sampling {sampling!r}; valid: {', '.join(TIMESTEP_SAMPLINGS)}"
+        )
+    if not logit_std > 0:
+        raise ValueError(f"logit_std must be positive, got {logit_std}")
+    u = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch,)))
+    return jnp.clip(jnp.floor(u * num_timesteps), 0, num_timesteps - 1).astype(jnp.int32)
+
+
 def diffusion_loss(
     sched: Schedule,
     model_fn: ModelFn,
@@ -55,10 +86,13 @@ def diffusion_loss(
     prediction_type: str = "eps",
     weighting: str = "simple",
     min_snr_gamma: float = 5.0,
+    timestep_sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Denoising loss of DDPM Algorithm 1 (eq. 14 for eps), for any prediction type.
 
-    Draws ``t ~ Uniform{0, ..., T-1}`` and ``eps ~ N(0, I)`` per example, forms
+    Draws ``t`` (``sample_timesteps``) and ``eps ~ N(0, I)`` per example, forms
     ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (eq. 4) and regresses ``model_fn(x_t, t)``
     onto the target (eps, x0 or v), with the weighting described in the module docstring.
 
@@ -70,19 +104,23 @@ def diffusion_loss(
       prediction_type: "eps", "x0" or "v".
       weighting: "simple" or "min_snr".
       min_snr_gamma: gamma of the "min_snr" weighting.
+      timestep_sampling: "uniform" or "logit_normal".
+      logit_mean, logit_std: the logit-normal's parameters.
 
     Returns:
       ``(loss, per_example)``: the scalar mean loss and the weighted per-example MSE ``[B]``.
 
     Raises:
-      ValueError: for an unknown prediction type or weighting.
+      ValueError: for an unknown prediction type, weighting or timestep sampling.
     """
     check_prediction_type(prediction_type)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"Unknown weighting {weighting!r}; valid: {', '.join(WEIGHTINGS)}")
     batch = x0.shape[0]
     t_rng, noise_rng = jax.random.split(rng)
-    t = jax.random.randint(t_rng, (batch,), 0, sched.num_timesteps, dtype=jnp.int32)
+    t = sample_timesteps(
+        t_rng, batch, sched.num_timesteps, timestep_sampling, logit_mean, logit_std
+    )
     eps = jax.random.normal(noise_rng, x0.shape, dtype=x0.dtype)
     x_t = q_sample(sched, x0, t, eps)
     output = model_fn(x_t, t)

@@ -65,6 +65,15 @@ class DDPMPipeline(Pipeline):
                 f"diffusion.cond_drop_prob must be in [0, 1), got {dc.cond_drop_prob}."
             )
         self.schedule = diffusion.make_schedule(dc.schedule, int(dc.num_timesteps))
+        # Checked here, not at the first step's trace: draws nothing, raises on a bad name.
+        diffusion.sample_timesteps(
+            jax.random.key(0),
+            1,
+            int(dc.num_timesteps),
+            dc.get("timestep_sampling", "uniform"),
+            float(dc.get("timestep_logit_mean", 0.0)),
+            float(dc.get("timestep_logit_std", 1.0)),
+        )
         self.prediction_type = dc.prediction_type
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
@@ -133,6 +142,9 @@ class DDPMPipeline(Pipeline):
                 prediction_type=self.prediction_type,
                 weighting=dc.loss_weighting,
                 min_snr_gamma=float(dc.get("min_snr_gamma", 5.0)),
+                timestep_sampling=dc.get("timestep_sampling", "uniform"),
+                logit_mean=float(dc.get("timestep_logit_mean", 0.0)),
+                logit_std=float(dc.get("timestep_logit_std", 1.0)),
             )
             return loss
 
