@@ -177,8 +177,8 @@ class UNet(nn.Module):
         ``p ** 2`` while every output pixel keeps its own output channel. 1 = off.
       coord_channels: append two channels holding each pixel's row and column, in [-1, 1], to
         the first conv's input (CoordConv, Liu et al. 2018). Without them only the zero padding
-        tells a feature where it is, and attention (which has no position embedding) cannot tell
-        left from right.
+        tells a feature where it is, and attention has no position embedding. Measured on
+        shapes, it did not change the relation accuracy (README).
     """
 
     ch: int = 64

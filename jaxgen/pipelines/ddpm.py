@@ -65,7 +65,7 @@ class DDPMPipeline(Pipeline):
                 f"diffusion.cond_drop_prob must be in [0, 1), got {dc.cond_drop_prob}."
             )
         self.schedule = diffusion.make_schedule(dc.schedule, int(dc.num_timesteps))
-        # Checked here, not at the first step's trace: draws nothing, raises on a bad name.
+        # One throwaway draw, so that a bad name or std fails here, not at the first step's trace.
         diffusion.sample_timesteps(
             jax.random.key(0),
             1,
