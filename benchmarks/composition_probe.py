@@ -50,8 +50,8 @@ def one_object_scenes(split: str, num: int, image_size: int, max_text_len: int) 
 
 
 def binding_accuracy(model, num: int, image_size: int) -> tuple[float, int]:
-    """Zero-shot: the true caption against the one with the two objects' shapes swapped (a tie
-    counts as a miss)."""
+    """Zero-shot: the true caption against the one with the two objects' shapes swapped. A tie
+    counts as half, so a text tower blind to word order (a bag of words) scores exactly 0.5."""
     source = shapes.ShapesSource("test", image_size, num_examples=num)
     images, true, swapped = [], [], []
     for i in range(len(source)):
@@ -68,7 +68,7 @@ def binding_accuracy(model, num: int, image_size: int) -> tuple[float, int]:
     image = model.embed_images(np.stack(images))
     right = (image * model.embed_texts(true)).sum(-1)
     wrong = (image * model.embed_texts(swapped)).sum(-1)
-    return float(np.mean(right > wrong)), len(images)
+    return float(np.mean((right > wrong) + 0.5 * (right == wrong))), len(images)
 
 
 def embed(model, scenes: dict) -> dict[str, np.ndarray]:

@@ -179,3 +179,33 @@ def test_composition_probe_prints_both_towers(clip_smoke_workdir, trained_workdi
     assert 0.0 <= float(binding[0]) <= 1.0 and int(binding[2]) > 0, proc.stdout
     proc = run_benchmark("composition_probe.py", str(trained_workdir))  # a DDPM run
     assert_one_error_line(proc, "not a CLIP run")
+
+
+def test_binding_accuracy_on_models_with_known_answers():
+    """A text tower blind to word order scores exactly 0.5; one that knows every true caption, 1."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import numpy as np
+    from composition_probe import binding_accuracy
+
+    from jaxgen.data import shapes
+
+    source = shapes.ShapesSource("test", 16, num_examples=60)
+    true = {
+        shapes.describe(source.truth(i)["objects"], source.truth(i)["relation"])
+        for i in range(len(source))
+    }
+
+    class BagOfWords:
+        def embed_images(self, images):
+            return np.ones((len(images), 1))
+
+        def embed_texts(self, texts):
+            return np.array([[float(len(set(t.split())))] for t in texts])
+
+    class Oracle(BagOfWords):
+        def embed_texts(self, texts):
+            return np.array([[1.0 if t in true else -1.0] for t in texts])
+
+    blind, count = binding_accuracy(BagOfWords(), 60, 16)
+    assert count > 0 and blind == 0.5
+    assert binding_accuracy(Oracle(), 60, 16) == (1.0, count)

@@ -4,6 +4,7 @@ samplers and classifier-free guidance."""
 from jaxgen.diffusion.losses import (
     TIMESTEP_SAMPLINGS,
     WEIGHTINGS,
+    check_timestep_sampling,
     diffusion_loss,
     min_snr_weight,
     sample_timesteps,
@@ -47,6 +48,7 @@ __all__ = [
     "Schedule",
     "ancestral_sample",
     "ancestral_step_mean_std",
+    "check_timestep_sampling",
     "classifier_free_guidance",
     "cosine_beta_schedule",
     "ddim_sample",

@@ -53,6 +53,16 @@ def min_snr_weight(snr: jnp.ndarray, prediction_type: str, gamma: float) -> jnp.
     return clamped / (snr + 1.0)
 
 
+def check_timestep_sampling(sampling: str, logit_std: float = 1.0) -> None:
+    """Raises ValueError for an unknown ``sampling`` or a non-positive ``logit_std``."""
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(
+            f"Unknown timestep sampling {sampling!r}; valid: {', '.join(TIMESTEP_SAMPLINGS)}"
+        )
+    if sampling == "logit_normal" and not logit_std > 0:
+        raise ValueError(f"logit_std must be positive, got {logit_std}")
+
+
 def sample_timesteps(
     rng: jax.Array,
     batch: int,
@@ -64,16 +74,11 @@ def sample_timesteps(
     """Draws ``batch`` int32 timesteps in ``[0, num_timesteps)`` (see the module docstring).
 
     Raises:
-      ValueError: for an unknown ``sampling`` or a non-positive ``logit_std``.
+      ValueError: as ``check_timestep_sampling``.
     """
+    check_timestep_sampling(sampling, logit_std)
     if sampling == "uniform":
         return jax.random.randint(rng, (batch,), 0, num_timesteps, dtype=jnp.int32)
-    if sampling != "logit_normal":
-        raise ValueError(
-            f"Unknown timestep sampling {sampling!r}; valid: {', '.join(TIMESTEP_SAMPLINGS)}"
-        )
-    if not logit_std > 0:
-        raise ValueError(f"logit_std must be positive, got {logit_std}")
     u = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(rng, (batch,)))
     return jnp.clip(jnp.floor(u * num_timesteps), 0, num_timesteps - 1).astype(jnp.int32)
 

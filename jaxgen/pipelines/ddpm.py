@@ -65,14 +65,14 @@ class DDPMPipeline(Pipeline):
                 f"diffusion.cond_drop_prob must be in [0, 1), got {dc.cond_drop_prob}."
             )
         self.schedule = diffusion.make_schedule(dc.schedule, int(dc.num_timesteps))
-        # One throwaway draw, so that a bad name or std fails here, not at the first step's trace.
-        diffusion.sample_timesteps(
-            jax.random.key(0),
-            1,
-            int(dc.num_timesteps),
-            dc.get("timestep_sampling", "uniform"),
-            float(dc.get("timestep_logit_mean", 0.0)),
-            float(dc.get("timestep_logit_std", 1.0)),
+        # Workdirs from before these keys existed trained with uniform timesteps.
+        self.timestep_kw = dict(
+            timestep_sampling=dc.get("timestep_sampling", "uniform"),
+            logit_mean=float(dc.get("timestep_logit_mean", 0.0)),
+            logit_std=float(dc.get("timestep_logit_std", 1.0)),
+        )
+        diffusion.check_timestep_sampling(
+            self.timestep_kw["timestep_sampling"], self.timestep_kw["logit_std"]
         )
         self.prediction_type = dc.prediction_type
         self.tx = state_lib.make_optimizer(config.train)
@@ -142,9 +142,7 @@ class DDPMPipeline(Pipeline):
                 prediction_type=self.prediction_type,
                 weighting=dc.loss_weighting,
                 min_snr_gamma=float(dc.get("min_snr_gamma", 5.0)),
-                timestep_sampling=dc.get("timestep_sampling", "uniform"),
-                logit_mean=float(dc.get("timestep_logit_mean", 0.0)),
-                logit_std=float(dc.get("timestep_logit_std", 1.0)),
+                **self.timestep_kw,
             )
             return loss
 
