@@ -43,6 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.seed = 0
     config.data.tfds_name = ""
     config.data.data_dir = ""
+    # The matching-aware discriminator's mismatched caption: False pairs each image with its
+    # batch neighbour's caption (the paper); True gives every other image instead a caption that
+    # differs in one attribute (shapes.hard_negative), which a colour check alone cannot reject.
+    config.data.hard_negatives = False
 
     config.gan = ml_collections.ConfigDict()
     config.gan.variant = variants.pop() if variants else "gan_int_cls"
@@ -52,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # gamma of the R1 penalty (gamma / 2) E||grad_x D(x, t)||^2 on real (image, right text)
     # pairs (Mescheder et al. 2018); 0 turns it off.
     config.gan.r1_weight = 0.0
+    # Weight of the CLIP guidance loss on G (clip_guidance_loss: the frozen CLIP of
+    # model.text_init matches each sample against the batch's captions); 0 turns it off.
+    config.gan.clip_weight = 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.dtype = "float32"
@@ -60,6 +67,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.d_ch = 32
     # The discriminator's normalisation (models.gan.D_NORMS): "channel", "layer" or "none".
     config.model.d_norm = "channel"
+    # The generator's normalisation (models.gan.G_NORMS): "group", "pixel", "layer" or "none".
+    config.model.g_norm = "group"
     config.model.text_dim = 128  # the paper's projected text embedding
     # "clip": the frozen text tower of the CLIP run at text_init; "joint": trained with D's loss.
     # "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip first (~10

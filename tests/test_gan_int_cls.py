@@ -10,9 +10,20 @@ import numpy as np
 import pytest
 from helpers import experiment_config, run_cli
 
-from jaxgen.models.gan import D_NORMS, Discriminator, Generator, InverseNetwork, _d_norm
+import jaxgen
+from jaxgen.models.clip import CLIP
+from jaxgen.models.gan import (
+    D_NORMS,
+    G_NORMS,
+    Discriminator,
+    Generator,
+    InverseNetwork,
+    _d_norm,
+    _g_norm,
+)
 from jaxgen.pipelines.gan_int_cls import (
     GANINTCLSPipeline,
+    clip_guidance_loss,
     discriminator_loss,
     generator_loss,
     interpolate,
@@ -71,6 +82,38 @@ def test_discriminator_norms_by_hand():
         _d_norm("batch", jnp.float32, "n")
 
 
+@pytest.mark.parametrize("norm", G_NORMS)
+def test_generator_norms(norm):
+    g = Generator(16, ch=8, text_dim=16, norm=norm)
+    z, t = jax.random.normal(jax.random.key(1), (2, 10)), jnp.ones((2, 24))
+    variables = g.init(jax.random.key(0), z, t)
+    img = g.apply(variables, z, t)
+    chex.assert_shape(img, (2, 16, 16, 3))
+    assert float(jnp.abs(img).max()) <= 1.0
+    # Only "group" and "layer" have parameters; both name them as the default does, so a
+    # checkpoint of the default loads into either.
+    names = {k for k in variables["params"] if k.startswith("norm")}
+    assert names == (set() if norm in ("pixel", "none") else {"norm0", "norm1", "norm_out"})
+
+
+def test_generator_norms_by_hand():
+    h = jax.random.normal(jax.random.key(2), (2, 4, 4, 8)) * jnp.arange(1.0, 9.0) + 1.0
+    hn = np.asarray(h, np.float64)
+    pixel = _g_norm("pixel", 8, jnp.float32, "n")(h)
+    want = hn / np.sqrt(np.mean(hn**2, axis=-1, keepdims=True) + 1e-8)
+    np.testing.assert_allclose(pixel, want, rtol=1e-5)
+    layer = _g_norm("layer", 8, jnp.float32, "n")
+    got = layer.apply(layer.init(jax.random.key(0), h), h)
+    mu, var = hn.mean((1, 2, 3), keepdims=True), hn.var((1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(got, (hn - mu) / np.sqrt(var + 1e-6), rtol=1e-4, atol=1e-4)
+    group = _g_norm("group", 8, jnp.float32, "n")  # 8 channels: 8 groups, one channel each
+    got = group.apply(group.init(jax.random.key(0), h), h)
+    mu, var = hn.mean((1, 2), keepdims=True), hn.var((1, 2), keepdims=True)
+    np.testing.assert_allclose(got, (hn - mu) / np.sqrt(var + 1e-6), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="group, pixel, layer, none"):
+        _g_norm("batch", 8, jnp.float32, "n")
+
+
 @pytest.mark.parametrize("norm", D_NORMS)
 def test_discriminator_scores_each_sample_alone(norm):
     d = Discriminator(16, 8, 16, norm)
@@ -119,6 +162,23 @@ def test_r1_penalty_closed_forms():
     got = r1_penalty(lambda im: jnp.sum(im**2, axis=(1, 2, 3)), x)
     want = 0.5 * np.mean(np.sum(np.square(2 * np.asarray(x)), axis=(1, 2, 3)))
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_clip_guidance_loss_by_hand():
+    rng = np.random.default_rng(0)
+    img, txt = rng.normal(size=(4, 6)), rng.normal(size=(4, 6))
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    for logit_scale, scale in ((np.log(20.0), 20.0), (np.log(500.0), 100.0)):  # capped at 100
+        logits = scale * img @ txt.T
+        log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        want = -np.mean(np.diag(log_softmax))
+        got = clip_guidance_loss(jnp.asarray(img), jnp.asarray(txt), logit_scale)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    # An image that is its own caption's embedding, far from the others, costs almost nothing.
+    np.testing.assert_allclose(
+        clip_guidance_loss(jnp.eye(3), jnp.eye(3), np.log(100.0)), 0.0, atol=1e-6
+    )
 
 
 def test_interpolation_path():
@@ -175,6 +235,35 @@ def test_a_step_trains_every_network(variant):
     assert (metrics["d_wrong"] > 0) and (metrics["d_real"] > 0)
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_the_mismatched_caption_of_the_matching_aware_discriminator(hard):
+    from jaxgen import data as data_lib
+
+    pipe, config = _pipeline("smoke,joint,gan_cls", **{"data.hard_negatives": hard})
+    src = data_lib.build_source(config.data, "train")
+    keys = ("image", "tokens", "neg_tokens") if hard else ("image", "tokens")
+    batch = {k: np.stack([src[i][k] for i in range(8)]) for k in keys}
+    state = pipe.init(jax.random.key(0), batch)
+    _, metrics = jax.jit(pipe.train_step)(state, batch, jax.random.key(1))
+    # d_wrong is D's mean belief in (real image, mismatched caption) before its update.
+    text = state.params["text"]
+    t = pipe.text.apply({"params": text}, jnp.asarray(batch["tokens"]))
+    t_wrong = np.roll(np.asarray(t), 1, axis=0)  # the neighbour's caption
+    if hard:  # even rows: the caption of a scene one attribute away
+        neg = pipe.text.apply({"params": text}, jnp.asarray(batch["neg_tokens"]))
+        t_wrong[::2] = np.asarray(neg)[::2]
+    x = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0
+    want = jnp.mean(jax.nn.sigmoid(pipe.D.apply({"params": state.params["D"]}, x, t_wrong)))
+    np.testing.assert_allclose(metrics["d_wrong"], want, rtol=1e-5)
+
+
+def test_hard_negatives_need_the_matching_aware_discriminator():
+    with pytest.raises(ValueError, match="gan_cls or gan_int_cls"):
+        _pipeline("smoke,joint,gan_int", **{"data.hard_negatives": True})
+    with pytest.raises(ValueError, match="model.g_norm"):
+        _pipeline("smoke,joint", **{"model.g_norm": "batch"})
+
+
 def test_r1_weight_adds_the_penalty_to_the_discriminator_loss():
     pipe0, config = _pipeline("smoke,joint,gan")
     pipe1, _ = _pipeline("smoke,joint,gan", **{"gan.r1_weight": 10.0})
@@ -196,6 +285,55 @@ def test_r1_weight_adds_the_penalty_to_the_discriminator_loss():
     assert abs(float(m0["g_loss"]) - float(m1["g_loss"])) > 1e-7
     with pytest.raises(ValueError, match="r1_weight"):
         _pipeline("smoke,joint", **{"gan.r1_weight": -1.0})
+
+
+def test_clip_weight_scores_samples_with_the_frozen_clip(clip_smoke_workdir):
+    from jaxgen.pipelines.clip import load_clip_params
+
+    common = {"model.text_init": str(clip_smoke_workdir), "gan.variant": "gan"}
+    pipe0, config = _pipeline("smoke", **common)
+    pipe1, _ = _pipeline("smoke", **common, **{"gan.clip_weight": 0.5})
+    batch = _batch(config)
+    state = pipe1.warm_start(pipe1.init(jax.random.key(0), batch))
+    # The image tower and scale are the CLIP run's, and embed as that run does.
+    clip, _ = load_clip_params(clip_smoke_workdir)
+    assert sorted(state.params["clip_image"]) == ["image", "image_proj", "logit_scale"]
+    chex.assert_trees_all_equal(
+        state.params["clip_image"], {k: clip[k] for k in state.params["clip_image"]}
+    )
+    clip_run = jaxgen.load(clip_smoke_workdir)
+    emb = pipe1.clip_model.apply(
+        {"params": state.params["clip_image"]},
+        jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0,
+        method=CLIP.embed_image,
+    )
+    np.testing.assert_allclose(
+        emb, clip_run.pipeline.embed_images(clip_run.state, batch["image"]), atol=1e-5
+    )
+    # The step adds clip_weight times the guidance to G's loss, leaves D's step alone (D moves
+    # first) and the CLIP frozen.
+    plain = {k: v for k, v in state.params.items() if k != "clip_image"}
+    state0 = state.replace(params=plain, ema_params=state.ema_params)
+    new0, m0 = jax.jit(pipe0.train_step)(state0, batch, jax.random.key(1))
+    new1, m1 = jax.jit(pipe1.train_step)(state, batch, jax.random.key(1))
+    assert "g_clip" not in m0 and 0 < float(m1["g_clip"]) < 2 * np.log(len(batch["image"]))
+    np.testing.assert_allclose(m1["g_loss"] - m0["g_loss"], 0.5 * m1["g_clip"], rtol=1e-4)
+    chex.assert_trees_all_close(new0.params["D"], new1.params["D"])
+    chex.assert_trees_all_equal(new1.params["clip_image"], state.params["clip_image"])
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.abs(a - b).max()), new0.params["G"], new1.params["G"]
+    )
+    assert max(jax.tree.leaves(moved)) > 0
+    # A CLIP trained at another image size cannot score the samples.
+    pipe32, config32 = _pipeline(
+        "smoke", **common, **{"gan.clip_weight": 1.0, "data.image_size": 32}
+    )
+    with pytest.raises(ValueError, match="cannot score this GAN's 32x32 samples"):
+        pipe32.warm_start(pipe32.init(jax.random.key(0), _batch(config32, 2)))
+    with pytest.raises(ValueError, match="text_source='clip'"):
+        _pipeline("smoke,joint", **{"gan.clip_weight": 1.0})
+    with pytest.raises(ValueError, match="clip_weight must be >= 0"):
+        _pipeline("smoke", **{"gan.clip_weight": -1.0})
 
 
 def test_frozen_clip_text_and_bad_settings():

@@ -6,7 +6,8 @@ Layout as in the paper, at any power-of-two size >= 8: the text embedding is pro
 projected embedding over the 4x4 grid, concatenates it depth-wise and scores with a 1x1 conv and a
 4x4 conv. The generator's 3x3 convs are ``layers.Conv3x3`` (im2col on a CPU, where XLA's native
 convolution gradients are slow). No batch normalisation (its running statistics would add mutable
-state to every network): the generator uses GroupNorm, the discriminator a LayerNorm (``norm``).
+state to every network): the generator uses GroupNorm (or ``G_NORMS``' others), the
+discriminator a LayerNorm (``D_NORMS``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,25 @@ class TextProjection(nn.Module):
         return nn.leaky_relu(h, 0.2)
 
 
+G_NORMS = ("group", "pixel", "layer", "none")
+
+
+def _g_norm(kind: str, channels: int, dtype: Dtype, name: str):
+    """The generator's normalisation: ``"group"`` (GroupNorm, up to 32 groups: one channel per
+    group, i.e. instance normalisation, at widths <= 32), ``"pixel"`` (each position's feature
+    vector divided by its RMS, no parameters: ProGAN's pixelwise normalisation), ``"layer"``
+    (GroupNorm with one group: each sample's whole map) or ``"none"``."""
+    if kind == "group":
+        return nn.GroupNorm(num_groups_for(channels, 32), dtype=dtype, name=name)
+    if kind == "pixel":
+        return lambda h: h * jax.lax.rsqrt(jnp.mean(jnp.square(h), -1, keepdims=True) + 1e-8)
+    if kind == "layer":
+        return nn.GroupNorm(1, dtype=dtype, name=name)
+    if kind == "none":
+        return lambda h: h
+    raise ValueError(f"Unknown generator norm {kind!r}; valid: {', '.join(G_NORMS)}.")
+
+
 class Generator(nn.Module):
     """``G(z, phi(t))`` -> images in [-1, 1].
 
@@ -60,6 +80,7 @@ class Generator(nn.Module):
       image_size: output side (power of two >= 8).
       ch: channels at the output resolution; doubled per level down to 4x4 (capped at 8 * ch).
       text_dim: width of the projected text embedding.
+      norm: normalisation before every ReLU (``G_NORMS``).
       dtype: compute dtype.
     """
 
@@ -67,6 +88,7 @@ class Generator(nn.Module):
     ch: int = 64
     text_dim: int = 128
     dtype: Dtype = jnp.float32
+    norm: str = "group"
 
     @nn.compact
     def __call__(self, z: jax.Array, text_emb: jax.Array) -> jax.Array:
@@ -78,14 +100,11 @@ class Generator(nn.Module):
         h = nn.Dense(16 * widths[0], dtype=self.dtype, name="fc")(h)
         h = h.reshape(h.shape[0], 4, 4, widths[0])
         for i in range(levels):
-            h = nn.GroupNorm(num_groups_for(widths[i], 32), dtype=self.dtype, name=f"norm{i}")(h)
-            h = nn.relu(h)
+            h = nn.relu(_g_norm(self.norm, widths[i], self.dtype, f"norm{i}")(h))
             b, s, _, c = h.shape
             h = jax.image.resize(h, (b, 2 * s, 2 * s, c), "nearest")
             h = conv3x3(widths[i + 1], self.dtype, name=f"conv{i}")(h)
-        h = nn.relu(
-            nn.GroupNorm(num_groups_for(widths[-1], 32), dtype=self.dtype, name="norm_out")(h)
-        )
+        h = nn.relu(_g_norm(self.norm, widths[-1], self.dtype, "norm_out")(h))
         return jnp.tanh(conv3x3(3, self.dtype, name="to_rgb")(h).astype(jnp.float32))
 
 

@@ -65,24 +65,29 @@ def image_colour(model_config) -> str:
     return "planes" if model_config.get("image_colour_shared", False) else "joint"
 
 
+def build_model(config) -> CLIP:
+    """The ``CLIP`` module a CLIP run's config describes (its ``model`` and ``data`` keys)."""
+    mc = config.model
+    return CLIP(
+        embed_dim=int(mc.embed_dim),
+        text={**mc.text.to_dict(), "max_len": int(config.data.max_text_len)},
+        image_widths=tuple(mc.image_widths),
+        image_dim=int(mc.image_dim),
+        image_patch_size=int(mc.get("image_patch_size", 1)),
+        image_pool=str(mc.get("image_pool", "flatten")),
+        image_colour=image_colour(mc),
+        init_temperature=float(mc.init_temperature),
+        dtype=state_lib.compute_dtype(mc),
+    )
+
+
 class CLIPPipeline(Pipeline):
     """State: ``params["clip"]`` (both towers and the temperature), AdamW state and an EMA."""
 
     def __init__(self, config):
         super().__init__(config)
-        mc = config.model
         self.max_text_len = int(config.data.max_text_len)
-        self.model = CLIP(
-            embed_dim=int(mc.embed_dim),
-            text={**mc.text.to_dict(), "max_len": self.max_text_len},
-            image_widths=tuple(mc.image_widths),
-            image_dim=int(mc.image_dim),
-            image_patch_size=int(mc.get("image_patch_size", 1)),
-            image_pool=str(mc.get("image_pool", "flatten")),
-            image_colour=image_colour(mc),
-            init_temperature=float(mc.init_temperature),
-            dtype=state_lib.compute_dtype(mc),
-        )
+        self.model = build_model(config)
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
         self._gallery = None
@@ -229,6 +234,24 @@ class CLIPPipeline(Pipeline):
         return [self.evaluate_embeddings]
 
 
+def load_clip_params(workdir: str, what: str = "CLIP weights") -> tuple[dict, object]:
+    """The (EMA) parameters of a trained CLIP run, as numpy arrays, and the run's config.
+
+    Args:
+      workdir: a directory written by training ``experiments/clip.py``.
+      what: what the caller loads, for the error when ``workdir`` holds another pipeline.
+    """
+    from jaxgen import api
+
+    model = api.load(workdir)
+    if model.config.pipeline != "clip":
+        raise ValueError(
+            f"{workdir} holds a {model.config.pipeline!r} run; {what} can only be loaded from "
+            "a CLIP run (experiments/clip.py)."
+        )
+    return jax.device_get(model.state.ema_params["clip"]), model.config
+
+
 def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, object]:
     """The (EMA) parameters of a trained CLIP's ``TextTower`` and the CLIP run's config.
 
@@ -241,22 +264,15 @@ def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, obj
       ``(params, config)``: numpy parameters ``{"encoder": ..., "proj": ...}`` for
       ``jaxgen.models.clip.TextTower``, and the CLIP config (for its text settings).
     """
-    from jaxgen import api
-
-    model = api.load(workdir)
-    if model.config.pipeline != "clip":
-        raise ValueError(
-            f"{workdir} holds a {model.config.pipeline!r} run; a text encoder can only be "
-            "loaded from a CLIP run (experiments/clip.py)."
-        )
-    trained_causal = bool(model.config.model.text.get("causal", False))
+    params, config = load_clip_params(workdir, "a text encoder")
+    trained_causal = bool(config.model.text.get("causal", False))
     if causal is not None and bool(causal) != trained_causal:
         raise ValueError(
             f"The CLIP text encoder in {workdir} was trained with model.text.causal="
             f"{trained_causal}, but this model's model.text.causal={bool(causal)}: the same "
             "weights would compute other features. Set model.text.causal to the CLIP run's."
         )
-    return jax.device_get(model.state.ema_params["clip"]["text"]), model.config
+    return params["text"], config
 
 
 def load_text_encoder(workdir: str, like=None, causal: bool | None = None):

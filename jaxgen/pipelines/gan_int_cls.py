@@ -12,6 +12,12 @@ discriminator's loss (``"joint"``; the generator sees it through a stop-gradient
 network ``S(x) -> z`` is trained alongside with ``||z - S(G(z, t))||^2`` for style transfer
 (section 4.4): ``generate(..., reference=images)`` keeps a reference's style and changes its
 content to the prompt's.
+
+With ``gan.clip_weight > 0`` the generator also learns from the frozen CLIP whose text tower it
+conditions on: each generated image's CLIP image embedding is scored against the batch's captions
+(``clip_guidance_loss``), as StyleGAN-T and GALIP add CLIP's judgement to the discriminator's.
+The CLIP score and R-precision of such a run are then measured by the network it was trained
+against; an independent CLIP run (``eval.clip_workdir``) keeps them honest.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import numpy as np
 import optax
 
 from jaxgen.evaluation import judges
-from jaxgen.models.clip import TextTower
-from jaxgen.models.gan import D_NORMS, Discriminator, Generator, InverseNetwork
+from jaxgen.models.clip import CLIP, TextTower
+from jaxgen.models.gan import D_NORMS, G_NORMS, Discriminator, Generator, InverseNetwork
 from jaxgen.pipelines.base import Pipeline
+from jaxgen.pipelines.clip import MAX_LOGIT_SCALE
 from jaxgen.pipelines.ddpm import to_model_space, to_uint8
 from jaxgen.training import state as state_lib
 
@@ -85,6 +92,25 @@ def r1_penalty(score_fn, images: jax.Array) -> jax.Array:
     return 0.5 * jnp.mean(jnp.sum(jnp.square(grads), axis=tuple(range(1, grads.ndim))))
 
 
+def clip_guidance_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale) -> jax.Array:
+    """How badly a CLIP matches generated images to their captions: the mean over images of
+    ``-log softmax_j(s <image_i, text_j>)[i]``, the image->text half of CLIP's own loss, over the
+    batch's captions ``j``, with the CLIP's learned scale ``s = exp(logit_scale)`` (at most 100).
+
+    Args:
+      image_emb: unit CLIP embeddings of the generated images ``[B, D]``.
+      text_emb: unit CLIP embeddings of their captions ``[B, D]`` (row i is image i's).
+      logit_scale: the CLIP's ``log(1 / temperature)``.
+
+    Captions of equal content in one batch share the probability, so the loss cannot reach 0;
+    the gradient still points each image away from the other captions' content.
+    """
+    scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
+    logits = scale * image_emb @ text_emb.T
+    labels = jnp.arange(image_emb.shape[0])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
 def interpolate(t1: jax.Array, t2: jax.Array, beta) -> jax.Array:
     """``beta * t1 + (1 - beta) * t2`` (GAN-INT's interpolated text embeddings)."""
     return beta * t1 + (1.0 - beta) * t2
@@ -115,16 +141,34 @@ class GANINTCLSPipeline(Pipeline):
                 "model.text_source='joint'."
             )
         self.matching_aware = "cls" in gc.variant
+        self.hard_negatives = bool(config.data.get("hard_negatives", False))
+        if self.hard_negatives and not self.matching_aware:
+            raise ValueError(
+                "data.hard_negatives gives the matching-aware discriminator its mismatched "
+                f"captions; gan.variant {gc.variant!r} has none (use gan_cls or gan_int_cls)."
+            )
         self.use_int = "int" in gc.variant
         self.frozen_text = mc.text_source == "clip"
         self.r1_weight = float(gc.get("r1_weight", 0.0))
         if self.r1_weight < 0:
             raise ValueError(f"gan.r1_weight must be >= 0, got {self.r1_weight}.")
+        self.clip_weight = float(gc.get("clip_weight", 0.0))
+        if self.clip_weight < 0:
+            raise ValueError(f"gan.clip_weight must be >= 0, got {self.clip_weight}.")
+        if self.clip_weight > 0 and not self.frozen_text:
+            raise ValueError(
+                "gan.clip_weight > 0 scores the samples with the CLIP run at model.text_init, "
+                "against the text embedding that CLIP gives: it needs "
+                "model.text_source='clip'."
+            )
         dtype = state_lib.compute_dtype(mc)
         self.text = TextTower(
             int(mc.embed_dim), {**mc.text.to_dict(), "max_len": self.max_text_len}, dtype
         )
-        self.G = Generator(self.size, int(mc.g_ch), int(mc.text_dim), dtype)
+        g_norm = str(mc.get("g_norm", "group"))
+        if g_norm not in G_NORMS:
+            raise ValueError(f"Unknown model.g_norm {g_norm!r}; valid: {', '.join(G_NORMS)}.")
+        self.G = Generator(self.size, int(mc.g_ch), int(mc.text_dim), dtype, g_norm)
         d_norm = str(mc.get("d_norm", "channel"))
         if d_norm not in D_NORMS:
             raise ValueError(f"Unknown model.d_norm {d_norm!r}; valid: {', '.join(D_NORMS)}.")
@@ -132,6 +176,14 @@ class GANINTCLSPipeline(Pipeline):
         self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
+
+    @functools.cached_property
+    def clip_model(self) -> CLIP:
+        """The CLIP of ``model.text_init`` (its image tower scores samples for ``clip_weight``)."""
+        from jaxgen.pipelines.clip import build_model
+        from jaxgen.training.loop import load_config
+
+        return build_model(load_config(self.config.model.text_init))
 
     @property
     def trained_networks(self) -> tuple[str, ...]:
@@ -151,6 +203,9 @@ class GANINTCLSPipeline(Pipeline):
             "S": self.S.init(k_s, x)["params"],
             "text": text,
         }
+        if self.clip_weight > 0:  # frozen, loaded by warm_start: no optimizer
+            clip = self.clip_model.init(jax.random.fold_in(rng, 5), x, tokens)["params"]
+            params["clip_image"] = {k: v for k, v in clip.items() if k != "text"}
         return state_lib.TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -159,10 +214,11 @@ class GANINTCLSPipeline(Pipeline):
         )
 
     def warm_start(self, state):
-        """Loads the frozen CLIP text tower from ``model.text_init``."""
+        """Loads the frozen CLIP text tower (and, for ``clip_weight``, the image tower) from
+        ``model.text_init``."""
         if not self.frozen_text:
             return state
-        from jaxgen.pipelines.clip import load_text_tower
+        from jaxgen.pipelines.clip import load_clip_params, load_text_tower
 
         path = self.config.model.text_init
         text, clip_config = load_text_tower(path, bool(self.config.model.text.get("causal", False)))
@@ -173,7 +229,19 @@ class GANINTCLSPipeline(Pipeline):
                 f"{clip_config.data.max_text_len}) does not fit this GAN's model.text, "
                 "model.embed_dim and data.max_text_len; set them to the CLIP run's."
             )
-        return state.replace(params={**state.params, "text": text})
+        params = {**state.params, "text": text}
+        if self.clip_weight > 0:
+            clip = load_clip_params(path)[0]
+            clip = {k: clip[k] for k in state.params["clip_image"]}
+            if jax.tree.map(np.shape, clip) != jax.tree.map(np.shape, state.params["clip_image"]):
+                raise ValueError(
+                    f"The CLIP image tower in {path} (data.image_size="
+                    f"{clip_config.data.image_size}) cannot score this GAN's "
+                    f"{self.size}x{self.size} samples for gan.clip_weight; train the CLIP at "
+                    "the GAN's data.image_size."
+                )
+            params["clip_image"] = clip
+        return state.replace(params=params)
 
     def train_step(self, state, batch, rng):
         gc, tc = self.config.gan, self.config.train
@@ -183,8 +251,8 @@ class GANINTCLSPipeline(Pipeline):
         z = jax.random.normal(k_z, (b, self.z_dim))
         params = state.params
 
-        def embed(text_params):
-            return self.text.apply({"params": text_params}, batch["tokens"])
+        def embed(text_params, tokens=batch["tokens"]):
+            return self.text.apply({"params": text_params}, tokens)
 
         t = jax.lax.stop_gradient(embed(params["text"]))
         # One generator forward serves D's update and (through its VJP) G's.
@@ -193,6 +261,10 @@ class GANINTCLSPipeline(Pipeline):
         def d_loss_fn(d_params, text_params):
             t_d = t if self.frozen_text else embed(text_params)
             t_wrong = jnp.roll(t_d, 1, axis=0)  # each image with its neighbour's caption
+            if self.hard_negatives:  # every other image with a caption one attribute away
+                hard = embed(text_params, batch["neg_tokens"])
+                hard = jax.lax.stop_gradient(hard) if self.frozen_text else hard
+                t_wrong = jnp.where((jnp.arange(b) % 2 == 0)[:, None], hard, t_wrong)
             images = jnp.concatenate([x, x, jax.lax.stop_gradient(fake)])
             texts = jnp.concatenate([t_d, t_wrong, t_d])
             logits = self.D.apply({"params": d_params}, images, texts)
@@ -216,11 +288,19 @@ class GANINTCLSPipeline(Pipeline):
                 params["text"], text_grads, state.opt_state["text"]
             )
 
-        # G against the updated D.
+        # G against the updated D (and the frozen CLIP, with clip_weight).
         def adversarial(images, texts):
             return generator_loss(self.D.apply({"params": new_params["D"]}, images, texts), gc.loss)
 
-        g_loss, d_fake_images = jax.value_and_grad(adversarial)(fake, t)
+        def g_loss_fn(images):
+            if self.clip_weight == 0:
+                return adversarial(images, t), jnp.zeros(())
+            clip = params["clip_image"]
+            emb = self.clip_model.apply({"params": clip}, images, method=CLIP.embed_image)
+            guidance = clip_guidance_loss(emb, t, clip["logit_scale"])
+            return adversarial(images, t) + self.clip_weight * guidance, guidance
+
+        (g_loss, g_clip), d_fake_images = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
         (g_grads,) = g_vjp(d_fake_images)
         if self.use_int:
             t_int = interpolate(t, jnp.roll(t, 1, axis=0), float(gc.int_beta))
@@ -256,6 +336,8 @@ class GANINTCLSPipeline(Pipeline):
             "d_grad_norm": optax.tree.norm(d_grads),
             "learning_rate": self.learning_rate(state.step),
         }
+        if self.clip_weight > 0:
+            metrics["g_clip"] = g_clip
         new_state = state.replace(
             step=state.step + 1, params=new_params, opt_state=new_opt, ema_params=ema
         )
