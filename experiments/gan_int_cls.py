@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gan.r1_weight = 0.0
     # Weight of the CLIP guidance loss on G (clip_guidance_loss: the frozen CLIP of
     # model.text_init matches each sample against the batch's captions); 0 turns it off.
+    # Measured at 450 updates (README): 0.25 moves the judge's numbers by less than a change of
+    # seed does, 1 turns the samples to noise.
     config.gan.clip_weight = 0.0
 
     config.model = ml_collections.ConfigDict()
