@@ -336,6 +336,14 @@ def test_clip_weight_scores_samples_with_the_frozen_clip(clip_smoke_workdir):
         _pipeline("smoke", **{"gan.clip_weight": -1.0})
 
 
+def test_warm_start_rejects_a_clip_text_tower_of_another_shape(clip_smoke_workdir):
+    pipe, config = _pipeline(
+        "smoke", **{"model.text_init": str(clip_smoke_workdir), "model.text.width": 64}
+    )
+    with pytest.raises(ValueError, match="does not fit this GAN's model.text"):
+        pipe.warm_start(pipe.init(jax.random.key(0), _batch(config, 2)))
+
+
 def test_frozen_clip_text_and_bad_settings():
     with pytest.raises(ValueError, match="text_init"):
         _pipeline("smoke", **{"model.text_init": ""})

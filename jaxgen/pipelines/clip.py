@@ -234,37 +234,27 @@ class CLIPPipeline(Pipeline):
         return [self.evaluate_embeddings]
 
 
-def load_clip_params(workdir: str, what: str = "CLIP weights") -> tuple[dict, object]:
+def load_clip_params(
+    workdir: str, what: str = "CLIP weights", causal: bool | None = None
+) -> tuple[dict, object]:
     """The (EMA) parameters of a trained CLIP run, as numpy arrays, and the run's config.
 
     Args:
       workdir: a directory written by training ``experiments/clip.py``.
       what: what the caller loads, for the error when ``workdir`` holds another pipeline.
+      causal: the attention the loading model's text encoder uses (``model.text.causal``); it
+        must be the CLIP's, which the parameter shapes cannot show (ValueError otherwise).
+        None skips the check (a caller that uses no text tower).
     """
     from jaxgen import api
 
     model = api.load(workdir)
-    if model.config.pipeline != "clip":
+    config = model.config
+    if config.pipeline != "clip":
         raise ValueError(
-            f"{workdir} holds a {model.config.pipeline!r} run; {what} can only be loaded from "
+            f"{workdir} holds a {config.pipeline!r} run; {what} can only be loaded from "
             "a CLIP run (experiments/clip.py)."
         )
-    return jax.device_get(model.state.ema_params["clip"]), model.config
-
-
-def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, object]:
-    """The (EMA) parameters of a trained CLIP's ``TextTower`` and the CLIP run's config.
-
-    Args:
-      workdir: a directory written by training ``experiments/clip.py``.
-      causal: the attention the loading model's text encoder uses (``model.text.causal``); it
-        must be the CLIP's, which the parameter shapes cannot show (ValueError otherwise).
-
-    Returns:
-      ``(params, config)``: numpy parameters ``{"encoder": ..., "proj": ...}`` for
-      ``jaxgen.models.clip.TextTower``, and the CLIP config (for its text settings).
-    """
-    params, config = load_clip_params(workdir, "a text encoder")
     trained_causal = bool(config.model.text.get("causal", False))
     if causal is not None and bool(causal) != trained_causal:
         raise ValueError(
@@ -272,6 +262,21 @@ def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, obj
             f"{trained_causal}, but this model's model.text.causal={bool(causal)}: the same "
             "weights would compute other features. Set model.text.causal to the CLIP run's."
         )
+    return jax.device_get(model.state.ema_params["clip"]), config
+
+
+def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, object]:
+    """The (EMA) parameters of a trained CLIP's ``TextTower`` and the CLIP run's config.
+
+    Args:
+      workdir: a directory written by training ``experiments/clip.py``.
+      causal: checked against the CLIP's ``model.text.causal`` (``load_clip_params``).
+
+    Returns:
+      ``(params, config)``: numpy parameters ``{"encoder": ..., "proj": ...}`` for
+      ``jaxgen.models.clip.TextTower``, and the CLIP config (for its text settings).
+    """
+    params, config = load_clip_params(workdir, "a text encoder", causal)
     return params["text"], config
 
 
@@ -282,7 +287,7 @@ def load_text_encoder(workdir: str, like=None, causal: bool | None = None):
       workdir: a directory written by training ``experiments/clip.py``.
       like: optional parameter tree the result must match (structure and shapes), e.g. the
         text encoder of a DDPM UNet; a mismatch is a ValueError naming the CLIP's settings.
-      causal: checked against the CLIP's ``model.text.causal`` (``load_text_tower``).
+      causal: checked against the CLIP's ``model.text.causal`` (``load_clip_params``).
     """
     params, config = load_text_tower(workdir, causal)
     params = params["encoder"]

@@ -218,29 +218,27 @@ class GANINTCLSPipeline(Pipeline):
         ``model.text_init``."""
         if not self.frozen_text:
             return state
-        from jaxgen.pipelines.clip import load_clip_params, load_text_tower
+        from jaxgen.pipelines.clip import load_clip_params
 
         path = self.config.model.text_init
-        text, clip_config = load_text_tower(path, bool(self.config.model.text.get("causal", False)))
-        if jax.tree.map(np.shape, text) != jax.tree.map(np.shape, state.params["text"]):
-            raise ValueError(
-                f"The CLIP text tower in {path} (model.text={clip_config.model.text.to_dict()}, "
-                f"embed_dim={clip_config.model.embed_dim}, data.max_text_len="
-                f"{clip_config.data.max_text_len}) does not fit this GAN's model.text, "
-                "model.embed_dim and data.max_text_len; set them to the CLIP run's."
-            )
-        params = {**state.params, "text": text}
+        causal = bool(self.config.model.text.get("causal", False))
+        clip, clip_config = load_clip_params(path, "a text tower", causal)  # read once
+        loaded = {"text": clip["text"]}
+        mismatch = {
+            "text": f"The CLIP text tower in {path} (model.text="
+            f"{clip_config.model.text.to_dict()}, embed_dim={clip_config.model.embed_dim}, "
+            f"data.max_text_len={clip_config.data.max_text_len}) does not fit this GAN's "
+            "model.text, model.embed_dim and data.max_text_len; set them to the CLIP run's.",
+            "clip_image": f"The CLIP image tower in {path} (data.image_size="
+            f"{clip_config.data.image_size}) cannot score this GAN's {self.size}x{self.size} "
+            "samples for gan.clip_weight; train the CLIP at the GAN's data.image_size.",
+        }
         if self.clip_weight > 0:
-            clip = load_clip_params(path)[0]
-            clip = {k: clip[k] for k in state.params["clip_image"]}
-            if jax.tree.map(np.shape, clip) != jax.tree.map(np.shape, state.params["clip_image"]):
-                raise ValueError(
-                    f"The CLIP image tower in {path} (data.image_size="
-                    f"{clip_config.data.image_size}) cannot score this GAN's "
-                    f"{self.size}x{self.size} samples for gan.clip_weight; train the CLIP at "
-                    "the GAN's data.image_size."
-                )
-            params["clip_image"] = clip
+            loaded["clip_image"] = {k: clip[k] for k in state.params["clip_image"]}
+        for name, tree in loaded.items():
+            if jax.tree.map(np.shape, tree) != jax.tree.map(np.shape, state.params[name]):
+                raise ValueError(mismatch[name])
+        params = {**state.params, **loaded}
         return state.replace(params=params)
 
     def train_step(self, state, batch, rng):
