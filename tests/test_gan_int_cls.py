@@ -90,8 +90,7 @@ def test_generator_norms(norm):
     img = g.apply(variables, z, t)
     chex.assert_shape(img, (2, 16, 16, 3))
     assert float(jnp.abs(img).max()) <= 1.0
-    # Only "group" and "layer" have parameters; both name them as the default does, so a
-    # checkpoint of the default loads into either.
+    # Only "group", "batch" and "layer" have parameters; they name them as the default does.
     names = {k for k in variables["params"] if k.startswith("norm")}
     assert names == (set() if norm in ("pixel", "none") else {"norm0", "norm1", "norm_out"})
 
@@ -110,8 +109,15 @@ def test_generator_norms_by_hand():
     got = group.apply(group.init(jax.random.key(0), h), h)
     mu, var = hn.mean((1, 2), keepdims=True), hn.var((1, 2), keepdims=True)
     np.testing.assert_allclose(got, (hn - mu) / np.sqrt(var + 1e-6), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="group, pixel, layer, none"):
-        _g_norm("batch", 8, jnp.float32, "n")
+    batch = _g_norm("batch", 8, jnp.float32, "n")  # each channel over batch and positions
+    got = batch.apply(batch.init(jax.random.key(0), h), h)
+    mu, var = hn.mean((0, 1, 2), keepdims=True), hn.var((0, 1, 2), keepdims=True)
+    np.testing.assert_allclose(got, (hn - mu) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
+    # The statistics are the batch's: a sample's output depends on the others in its batch.
+    alone = batch.apply(batch.init(jax.random.key(0), h), h[:1])
+    assert not np.allclose(alone, got[:1], atol=1e-3)
+    with pytest.raises(ValueError, match="group, batch, pixel, layer, none"):
+        _g_norm("instance", 8, jnp.float32, "n")
 
 
 @pytest.mark.parametrize("norm", D_NORMS)
@@ -122,6 +128,23 @@ def test_discriminator_scores_each_sample_alone(norm):
     variables = d.init(jax.random.key(0), x, t)
     both = d.apply(variables, x, t)
     np.testing.assert_allclose(both[:1], d.apply(variables, x[:1], t[:1]), rtol=1e-4, atol=1e-5)
+
+
+def test_discriminator_reads_a_feature_map_beside_the_image():
+    d = Discriminator(16, 8, 16)
+    x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
+    t = jax.random.normal(jax.random.key(3), (3, 24))
+    feats = jax.random.normal(jax.random.key(4), (3, 8, 8, 5))
+    variables = d.init(jax.random.key(0), x, t, feats)
+    assert {"features", "norm_features"} <= set(variables["params"])
+    out = d.apply(variables, x, t, feats)
+    chex.assert_shape(out, (3,))
+    # An 8x8 map is average-pooled to D's 4x4 grid: the pooled map by hand scores the same.
+    pooled = np.asarray(feats).reshape(3, 4, 2, 4, 2, 5).mean(axis=(2, 4))
+    np.testing.assert_allclose(out, d.apply(variables, x, t, jnp.asarray(pooled)), rtol=1e-5)
+    assert not np.allclose(out, d.apply(variables, x, t, feats + 1.0), atol=1e-4)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        d.apply(variables, x, t, feats[:, :6, :6])
 
 
 # -- losses by hand -----------------------------------------------------------------------------
@@ -334,6 +357,45 @@ def test_clip_weight_scores_samples_with_the_frozen_clip(clip_smoke_workdir):
         _pipeline("smoke,joint", **{"gan.clip_weight": 1.0})
     with pytest.raises(ValueError, match="clip_weight must be >= 0"):
         _pipeline("smoke", **{"gan.clip_weight": -1.0})
+
+
+def test_d_features_feed_d_the_frozen_clip_image_tower(clip_smoke_workdir):
+    from jaxgen.pipelines.clip import load_clip_params
+
+    common = {"model.text_init": str(clip_smoke_workdir), "gan.variant": "gan"}
+    pipe, config = _pipeline("smoke", **common, **{"model.d_features": "clip"})
+    batch = _batch(config)
+    state = pipe.warm_start(pipe.init(jax.random.key(0), batch))
+    clip, _ = load_clip_params(clip_smoke_workdir)
+    chex.assert_trees_all_equal(
+        state.params["clip_image"], {k: clip[k] for k in state.params["clip_image"]}
+    )
+    # The map D reads is the CLIP image tower's last one, before its pooling: a dense layer
+    # on it, flattened, gives the tower's own feature vector.
+    x = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0
+    fmap = pipe._features(state.params, x)
+    image = state.params["clip_image"]["image"]
+    fc = fmap.reshape(fmap.shape[0], -1) @ image["fc"]["kernel"] + image["fc"]["bias"]
+    h = jax.nn.gelu(fc)
+    mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+    want = (h - mu) / jnp.sqrt(var + 1e-6) * image["ln_out"]["scale"] + image["ln_out"]["bias"]
+    got = pipe.clip_model.apply(
+        {"params": state.params["clip_image"]}, x, method=lambda m, im: m.image_encoder(im)
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # A step trains D's feature layer and leaves the CLIP frozen.
+    new, _ = jax.jit(pipe.train_step)(state, batch, jax.random.key(1))
+    chex.assert_trees_all_equal(new.params["clip_image"], state.params["clip_image"])
+    moved = jax.tree.map(
+        lambda a, b: float(jnp.abs(a - b).max()),
+        new.params["D"]["features"],
+        state.params["D"]["features"],
+    )
+    assert max(jax.tree.leaves(moved)) > 0
+    with pytest.raises(ValueError, match="text_source='clip'"):
+        _pipeline("smoke,joint", **{"model.d_features": "clip"})
+    with pytest.raises(ValueError, match="Unknown model.d_features"):
+        _pipeline("smoke", **common, **{"model.d_features": "vgg"})
 
 
 def test_warm_start_rejects_a_clip_text_tower_of_another_shape(clip_smoke_workdir):

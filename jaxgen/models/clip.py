@@ -125,6 +125,8 @@ class ImageEncoder(nn.Module):
                 )
             cells = pixels.reshape(batch, h, images.shape[1] // h, w, images.shape[2] // w, colours)
             x = jnp.concatenate([jnp.max(x, axis=1), jnp.max(cells, axis=(2, 4))], axis=-1)
+        # The last feature map, for callers that read it (mutable=["intermediates"]).
+        self.sow("intermediates", "feature_map", x)
         if self.pool == "flatten":
             x = x.reshape(x.shape[0], -1)  # keeps position: relations live there
         elif self.pool == "moments":

@@ -5,9 +5,9 @@ Layout as in the paper, at any power-of-two size >= 8: the text embedding is pro
 ``z`` and upsamples from 4x4; the discriminator downsamples the image to 4x4, replicates the
 projected embedding over the 4x4 grid, concatenates it depth-wise and scores with a 1x1 conv and a
 4x4 conv. The generator's 3x3 convs are ``layers.Conv3x3`` (im2col on a CPU, where XLA's native
-convolution gradients are slow). No batch normalisation (its running statistics would add mutable
-state to every network): the generator uses GroupNorm (or ``G_NORMS``' others), the
-discriminator a LayerNorm (``D_NORMS``).
+convolution gradients are slow). No running batch statistics (they would add mutable state to
+every network): the generator uses GroupNorm (or ``G_NORMS``' others, among them a batch norm
+from each batch's own statistics), the discriminator a LayerNorm (``D_NORMS``).
 """
 
 from __future__ import annotations
@@ -54,16 +54,43 @@ class TextProjection(nn.Module):
         return nn.leaky_relu(h, 0.2)
 
 
-G_NORMS = ("group", "pixel", "layer", "none")
+class BatchStatNorm(nn.Module):
+    """Batch normalisation from the current batch's statistics alone (DCGAN's generator norm).
+
+    Each channel is normalised by its mean and variance over the batch and all positions, then
+    scaled and shifted by learned parameters. No running averages are kept, so the networks
+    stay free of mutable state; samples are therefore normalised by their own batch's
+    statistics, and a batch of one reduces to a per-sample (instance) normalisation.
+    """
+
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        c = h.shape[-1]
+        x = h.astype(jnp.float32)
+        mean = jnp.mean(x, axis=(0, 1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2), keepdims=True)
+        x = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return (x * scale + bias).astype(self.dtype)
+
+
+G_NORMS = ("group", "batch", "pixel", "layer", "none")
 
 
 def _g_norm(kind: str, channels: int, dtype: Dtype, name: str):
     """The generator's normalisation: ``"group"`` (GroupNorm, up to 32 groups: one channel per
-    group, i.e. instance normalisation, at widths <= 32), ``"pixel"`` (each position's feature
+    group, i.e. instance normalisation, at widths <= 32), ``"batch"`` (``BatchStatNorm``, as
+    DCGAN), ``"pixel"`` (each position's feature
     vector divided by its RMS, no parameters: ProGAN's pixelwise normalisation), ``"layer"``
     (GroupNorm with one group: each sample's whole map) or ``"none"``."""
     if kind == "group":
         return nn.GroupNorm(num_groups_for(channels, 32), dtype=dtype, name=name)
+    if kind == "batch":
+        return BatchStatNorm(dtype=dtype, name=name)
     if kind == "pixel":
         return lambda h: h * jax.lax.rsqrt(jnp.mean(jnp.square(h), -1, keepdims=True) + 1e-8)
     if kind == "layer":
@@ -164,9 +191,26 @@ class Discriminator(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, text_emb: jax.Array) -> jax.Array:
-        """Args: images ``[B, S, S, 3]`` in [-1, 1], text_emb ``[B, E]``. Returns ``[B]``."""
+    def __call__(
+        self, images: jax.Array, text_emb: jax.Array, features: jax.Array | None = None
+    ) -> jax.Array:
+        """Args: images ``[B, S, S, 3]`` in [-1, 1], text_emb ``[B, E]``, and optionally
+        ``features`` ``[B, h, w, F]``, a frozen network's feature map of the same images, which
+        (average-pooled to 4x4 when larger) a 1x1 conv brings in beside the image's own 4x4
+        map. Returns ``[B]``."""
         h = _Downsampler(self.image_size, self.ch, self.norm, self.dtype, name="down")(images)
+        if features is not None:
+            fh, fw = features.shape[1:3]
+            if fh % h.shape[1] or fw % h.shape[2]:
+                raise ValueError(
+                    f"discriminator features must be maps whose side is a multiple of "
+                    f"{h.shape[1]}, got {fh}x{fw}"
+                )
+            window = (fh // h.shape[1], fw // h.shape[2])
+            features = nn.avg_pool(features, window, strides=window)
+            f = _conv(h.shape[-1], 1, 1, self.dtype, "features")(features.astype(self.dtype))
+            f = nn.leaky_relu(_d_norm(self.norm, self.dtype, "norm_features")(f), 0.2)
+            h = jnp.concatenate([h, f], axis=-1)
         t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
         t = jnp.broadcast_to(t[:, None, None, :], (*h.shape[:3], t.shape[-1]))
         h = jnp.concatenate([h, t.astype(h.dtype)], axis=-1)

@@ -17,7 +17,10 @@ With ``gan.clip_weight > 0`` the generator also learns from the frozen CLIP whos
 conditions on: each generated image's CLIP image embedding is scored against the batch's captions
 (``clip_guidance_loss``), as StyleGAN-T and GALIP add CLIP's judgement to the discriminator's.
 The CLIP score and R-precision of such a run are then measured by the network it was trained
-against; an independent CLIP run (``eval.clip_workdir``) keeps them honest.
+against; an independent CLIP run (``eval.clip_workdir``) keeps them honest. With
+``model.d_features="clip"`` the discriminator also reads that CLIP image tower's last feature map
+of every image it scores (as Projected GANs use a pretrained network's features), and the
+generator's gradient flows back through the frozen tower.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from jaxgen.pipelines.ddpm import to_model_space, to_uint8
 from jaxgen.training import state as state_lib
 
 VARIANTS = ("gan", "gan_cls", "gan_int", "gan_int_cls")
+D_FEATURES = ("", "clip")
 LOSSES = ("non_saturating", "hinge")
 TEXT_SOURCES = ("clip", "joint")
 
@@ -161,6 +165,19 @@ class GANINTCLSPipeline(Pipeline):
                 "against the text embedding that CLIP gives: it needs "
                 "model.text_source='clip'."
             )
+        self.d_features = str(mc.get("d_features", ""))
+        if self.d_features not in D_FEATURES:
+            raise ValueError(
+                f"Unknown model.d_features {self.d_features!r}; valid: "
+                f"{', '.join(map(repr, D_FEATURES))}."
+            )
+        if self.d_features and not self.frozen_text:
+            raise ValueError(
+                "model.d_features='clip' feeds D the image tower of the CLIP run at "
+                "model.text_init: it needs model.text_source='clip'."
+            )
+        # The frozen CLIP image tower, in params["clip_image"], for either use.
+        self.uses_clip_image = self.clip_weight > 0 or bool(self.d_features)
         dtype = state_lib.compute_dtype(mc)
         self.text = TextTower(
             int(mc.embed_dim), {**mc.text.to_dict(), "max_len": self.max_text_len}, dtype
@@ -199,13 +216,14 @@ class GANINTCLSPipeline(Pipeline):
         z = jnp.zeros((x.shape[0], self.z_dim))
         params = {
             "G": self.G.init(k_g, z, t)["params"],
-            "D": self.D.init(k_d, x, t)["params"],
             "S": self.S.init(k_s, x)["params"],
             "text": text,
         }
-        if self.clip_weight > 0:  # frozen, loaded by warm_start: no optimizer
+        if self.uses_clip_image:  # frozen, loaded by warm_start: no optimizer
             clip = self.clip_model.init(jax.random.fold_in(rng, 5), x, tokens)["params"]
             params["clip_image"] = {k: v for k, v in clip.items() if k != "text"}
+        features = self._features(params, x)
+        params["D"] = self.D.init(k_d, x, t, features)["params"]
         return state_lib.TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -231,9 +249,10 @@ class GANINTCLSPipeline(Pipeline):
             "model.text, model.embed_dim and data.max_text_len; set them to the CLIP run's.",
             "clip_image": f"The CLIP image tower in {path} (data.image_size="
             f"{clip_config.data.image_size}) cannot score this GAN's {self.size}x{self.size} "
-            "samples for gan.clip_weight; train the CLIP at the GAN's data.image_size.",
+            "samples for gan.clip_weight or model.d_features; train the CLIP at the GAN's "
+            "data.image_size.",
         }
-        if self.clip_weight > 0:
+        if self.uses_clip_image:
             loaded["clip_image"] = {k: clip[k] for k in state.params["clip_image"]}
         for name, tree in loaded.items():
             if jax.tree.map(np.shape, tree) != jax.tree.map(np.shape, state.params[name]):
@@ -265,14 +284,14 @@ class GANINTCLSPipeline(Pipeline):
                 t_wrong = jnp.where((jnp.arange(b) % 2 == 0)[:, None], hard, t_wrong)
             images = jnp.concatenate([x, x, jax.lax.stop_gradient(fake)])
             texts = jnp.concatenate([t_d, t_wrong, t_d])
-            logits = self.D.apply({"params": d_params}, images, texts)
+            logits = self._score(d_params, params, images, texts)
             real, wrong, fk = jnp.split(logits, 3)
             loss = discriminator_loss(
                 real, wrong, fk, matching_aware=self.matching_aware, loss=gc.loss
             )
             if self.r1_weight > 0:
                 loss = loss + self.r1_weight * r1_penalty(
-                    lambda im: self.D.apply({"params": d_params}, im, t_d), x
+                    lambda im: self._score(d_params, params, im, t_d), x
                 )
             return loss, (real, wrong, fk)
 
@@ -288,7 +307,7 @@ class GANINTCLSPipeline(Pipeline):
 
         # G against the updated D (and the frozen CLIP, with clip_weight).
         def adversarial(images, texts):
-            return generator_loss(self.D.apply({"params": new_params["D"]}, images, texts), gc.loss)
+            return generator_loss(self._score(new_params["D"], params, images, texts), gc.loss)
 
         def g_loss_fn(images):
             if self.clip_weight == 0:
@@ -340,6 +359,24 @@ class GANINTCLSPipeline(Pipeline):
             step=state.step + 1, params=new_params, opt_state=new_opt, ema_params=ema
         )
         return new_state, metrics
+
+    def _features(self, params, images):
+        """The frozen CLIP image tower's last feature map of ``images`` for D
+        (``model.d_features='clip'``; gradients reach the images), else None."""
+        if not self.d_features:
+            return None
+        _, out = self.clip_model.apply(
+            {"params": params["clip_image"]},
+            images,
+            method=CLIP.embed_image,
+            mutable=["intermediates"],
+        )
+        return out["intermediates"]["image"]["feature_map"][0]
+
+    def _score(self, d_params, params, images, texts):
+        """D's logits for (image, text embedding) pairs."""
+        features = self._features(params, images)
+        return self.D.apply({"params": d_params}, images, texts, features)
 
     def _apply(self, params, grads, opt_state):
         updates, opt_state = self.tx.update(grads, opt_state, params)
