@@ -325,6 +325,39 @@ def test_unet_coord_channels_feed_the_first_conv():
     assert not np.allclose(out, fwd(cut), atol=1e-4)
 
 
+def test_unet_text_adapter_feeds_cross_attention_and_time_embedding():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    t = jnp.array([3, 500])
+    tokens = jnp.asarray(np.stack([encode("a red circle", 16), encode("a blue square", 16)]))
+    model = tiny_unet(text_adapter_depth=2)
+    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
+    params = perturb(params, jax.random.key(2))
+    adapter = {k for k in params if k.startswith("text_adapter")}
+    assert adapter == {
+        "text_adapter_pos",
+        "text_adapter_0",
+        "text_adapter_1",
+        "text_adapter_ln",
+        "text_adapter_proj",
+    }
+    assert params["text_adapter_pos"].shape == (16, TINY_TEXT["width"])
+    plain = tiny_unet().init(jax.random.key(1), x, t, tokens)["params"]
+    assert not any(k.startswith("text_adapter") for k in plain)
+    fwd = jax.jit(lambda p: model.apply({"params": p}, x, t, tokens))
+    out = fwd(params)
+    chex.assert_shape(out, (2, 16, 16, 3))
+
+    def zeroed(p, name):
+        return dict(p, **{name: jax.tree.map(jnp.zeros_like, p[name])})
+
+    # Both paths are wired: the pooled projection into the time embedding ...
+    no_proj = zeroed(params, "text_adapter_proj")
+    assert not np.allclose(out, fwd(no_proj), atol=1e-4)
+    # ... and, with that projection cut, the cross-attention (here through the position
+    # embedding, which only the adapter's output carries).
+    assert not np.allclose(fwd(no_proj), fwd(zeroed(no_proj, "text_adapter_pos")), atol=1e-4)
+
+
 def test_unet_requires_tokens_when_conditional():
     model = tiny_unet()
     with pytest.raises(ValueError, match="tokens"):

@@ -92,6 +92,27 @@ def test_ddpm_text_lr_scale_scales_the_text_encoder_update_only():
         build_pipeline(config)
 
 
+def test_ddpm_text_adapter_trains_beside_a_frozen_text_encoder():
+    from jaxgen.training import loop
+
+    config = load_experiment("ddpm", "smoke")
+    config.model.freeze_text = True
+    config.model.unet.text_adapter_depth = 1
+    config.train.warmup_steps = 0
+    source = data_lib.build_source(config.data, "train")
+    batch = jax.tree.map(jnp.asarray, loop.example_batch(source, 4))
+    pipeline = build_pipeline(config)
+    state = pipeline.init(jax.random.key(0), batch)
+    step = jax.jit(pipeline.train_step)
+    after = state
+    for i in range(3):  # the zero-initialised output layers pass no gradient on the first step
+        after, _ = step(after, batch, jax.random.key(i))
+    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), after.params, state.params)
+    assert max(jax.tree.leaves(moved["unet"]["text_encoder"])) == 0.0
+    for name in ("text_adapter_pos", "text_adapter_0", "text_adapter_proj"):
+        assert max(jax.tree.leaves(moved["unet"][name])) > 0, name
+
+
 def test_unknown_dataset_names_valid_ones():
     cfg = ml_collections.ConfigDict({"name": "nope", "image_size": 16, "max_text_len": 32})
     with pytest.raises(ValueError, match="Valid datasets: shapes, digits"):

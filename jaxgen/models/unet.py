@@ -31,7 +31,7 @@ from jaxgen.models.layers import (
     timestep_embedding,
     upsample_nearest,
 )
-from jaxgen.models.text_encoder import TextEncoder
+from jaxgen.models.text_encoder import EncoderBlock, TextEncoder
 
 
 class ResBlock(nn.Module):
@@ -179,6 +179,13 @@ class UNet(nn.Module):
         the first conv's input (CoordConv, Liu et al. 2018). Without them only the zero padding
         tells a feature where it is, and attention has no position embedding. Measured on
         shapes, it did not change the relation accuracy (README).
+      text_adapter_depth: transformer blocks (``text_encoder.EncoderBlock``, bidirectional)
+        that the UNet runs over the text encoder's token states, with a fresh position
+        embedding added first; the cross-attention reads their output, and their masked mean
+        adds a second pooled projection to the time embedding. They train with the UNet even
+        when the text encoder is frozen, so the denoising loss itself can teach the text states
+        what a frozen CLIP left out (which object a colour belongs to, which comes first).
+        0 = off.
     """
 
     ch: int = 64
@@ -197,6 +204,17 @@ class UNet(nn.Module):
     conv_impl: str = "auto"
     patch_size: int = 1
     coord_channels: bool = False
+    text_adapter_depth: int = 0
+
+    def _adapt_text(self, context: jax.Array, mask: jax.Array) -> jax.Array:
+        """``text_adapter_depth`` blocks over ``[B, L, W]`` token states (see the attribute)."""
+        length, width = context.shape[1:]
+        pos = self.param("text_adapter_pos", nn.initializers.normal(0.02), (length, width))
+        h = context + pos.astype(context.dtype)[None]
+        heads = max(1, width // 32)
+        for i in range(self.text_adapter_depth):
+            h = EncoderBlock(heads, dtype=self.dtype, name=f"text_adapter_{i}")(h, mask)
+        return nn.LayerNorm(dtype=self.dtype, name="text_adapter_ln")(h)
 
     @nn.compact
     def __call__(
@@ -244,6 +262,11 @@ class UNet(nn.Module):
                 encoder = TextEncoder(**{"dtype": self.dtype, **encoder}, name="text_encoder")
             context, pooled, context_mask = encoder(tokens, train=train)
             emb = emb + dense(emb_dim, self.dtype, name="text_proj")(pooled)
+            if self.text_adapter_depth:
+                context = self._adapt_text(context, context_mask)
+                m = context_mask.astype(context.dtype)[:, :, None]
+                adapted = (context * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+                emb = emb + dense(emb_dim, self.dtype, name="text_adapter_proj")(adapted)
         cross = set(self.cross_attn_resolutions) if context is not None else set()
         # Every res block applies SiLU then its own projection; compute the SiLU once.
         emb = nn.silu(emb)
