@@ -213,6 +213,26 @@ def test_hard_negatives_change_one_attribute_and_keep_pairs_out_of_heldout():
     assert counts["relation"] > 20 and counts["size"] > 70, counts
 
 
+def test_hard_negative_kinds_narrow_the_draw():
+    opposite = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    source = shapes.ShapesSource(
+        "train", hard_negatives=True, hard_negative_kinds=("reverse", "swap")
+    )
+    kinds = {1: [], 2: []}
+    for i in range(200):
+        truth = _parse(source.truth(i)["caption"])
+        negative = _parse(source.negative_caption(i))
+        kind = _one_change(truth, negative)
+        kinds[len(truth[0])].append(kind)
+        if kind == "relation":  # "reverse": the opposite relation, never another axis
+            assert negative[1] == opposite[truth[1]], (truth, negative)
+    assert set(kinds[2]) == {"relation", "swap"}, kinds[2]
+    # One object allows neither kind: the default draw's colour, shape and size changes.
+    assert set(kinds[1]) == {"colour", "shape", "size"}, kinds[1]
+    with pytest.raises(ValueError, match="Unknown hard-negative kinds.*valid: colour"):
+        shapes.ShapesSource("train", hard_negatives=True, hard_negative_kinds=("order",))
+
+
 def test_hard_negatives_leave_the_examples_alone():
     plain, with_neg = (
         shapes.ShapesSource("train"),
@@ -240,6 +260,8 @@ def test_hard_negatives_need_ground_truth():
         data.build_source(config, "train")
     config.name = "shapes"
     assert data.build_source(config, "train").hard_negatives
+    config.hard_negative_kinds = ("reverse",)
+    assert data.build_source(config, "train").hard_negative_kinds == ("reverse",)
     assert not data.build_source(config, "test").hard_negatives  # training only
 
 

@@ -17,7 +17,8 @@ def build_source(data_config, split: str):
       split: "train", "test" (and "heldout" for shapes).
 
     ``data_config.hard_negatives`` (shapes only) adds a hard-negative caption to every training
-    example, ``"neg_tokens"`` (``shapes.hard_negative``).
+    example, ``"neg_tokens"`` (``shapes.hard_negative``), of the kinds in
+    ``data_config.hard_negative_kinds`` (all when empty or absent).
     """
     name = data_config.name
     hard_negatives = bool(data_config.get("hard_negatives", False))
@@ -36,6 +37,7 @@ def build_source(data_config, split: str):
             seed=int(data_config.get("seed", 0)),
             max_text_len=max_len,
             hard_negatives=hard_negatives and split == "train",
+            hard_negative_kinds=tuple(data_config.get("hard_negative_kinds", ())),
         )
     if name == "digits":
         from jaxgen.data.digits import DigitsSource

@@ -327,7 +327,28 @@ def sample_truth(
 _NEGATIVE_STREAM = 16
 
 
-def hard_negative(truth: dict, rng: _Draws, pairs: Sequence[tuple[str, str]] = TRAIN_PAIRS):
+HARD_NEGATIVE_KINDS: tuple[str, ...] = ("colour", "shape", "size", "relation", "swap", "reverse")
+# The kinds drawn when none are asked for ("reverse" is a subset of "relation").
+_DEFAULT_KINDS = HARD_NEGATIVE_KINDS[:5]
+_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def _check_kinds(kinds: Sequence[str]) -> Sequence[str]:
+    unknown = set(kinds) - set(HARD_NEGATIVE_KINDS)
+    if unknown:
+        raise ValueError(
+            f"Unknown hard-negative kinds {sorted(unknown)}; valid: "
+            f"{', '.join(HARD_NEGATIVE_KINDS)}."
+        )
+    return kinds
+
+
+def hard_negative(
+    truth: dict,
+    rng: _Draws,
+    pairs: Sequence[tuple[str, str]] = TRAIN_PAIRS,
+    kinds: Sequence[str] = (),
+):
     """A scene that differs from ``truth`` in one attribute: a "hard negative" for contrastive
     training (NegCLIP, Yuksekgonul et al. 2023).
 
@@ -339,7 +360,11 @@ def hard_negative(truth: dict, rng: _Draws, pairs: Sequence[tuple[str, str]] = T
 
     The kind of change is drawn uniformly among those the scene allows, then the change itself:
     colour, shape or size of one object; for two objects also the relation, or the two objects'
-    colours swapped. Every (colour, shape) of the result is in ``pairs`` (by default the
+    colours swapped. ``kinds`` narrows the draw to some of ``HARD_NEGATIVE_KINDS``, among them
+    "reverse" (the opposite relation: "a red circle right of a blue square" for "... left of
+    ..."), which the default draw includes only as one of the three other relations; a scene
+    that allows none of ``kinds`` (one object, for the relation kinds) falls back to the
+    default draw. Every (colour, shape) of the result is in ``pairs`` (by default the
     training pairs, so no held-out pair ever appears, not even as a negative caption) and two
     objects never share a colour, as in the dataset.
 
@@ -347,6 +372,7 @@ def hard_negative(truth: dict, rng: _Draws, pairs: Sequence[tuple[str, str]] = T
       truth: a ground truth (``sample_truth``).
       rng: the draws to use.
       pairs: the allowed (colour, shape) pairs.
+      kinds: the kinds of change to draw from; empty for the default five.
 
     Returns:
       ``(objects, relation)`` of the changed scene (boxes are the truth's and mean nothing).
@@ -370,8 +396,12 @@ def hard_negative(truth: dict, rng: _Draws, pairs: Sequence[tuple[str, str]] = T
             content_key({"objects": [a, b], "relation": relation}) != content_key(truth)
         ):
             changes["swap"] = [([a, b], relation)]
-    kinds = [k for k, v in changes.items() if v]
-    options = changes[kinds[rng.integers(len(kinds))]]
+        changes["reverse"] = [(objects, _OPPOSITE[relation])]
+    _check_kinds(kinds)
+    allowed_kinds = [k for k in kinds if changes.get(k)] or [
+        k for k in _DEFAULT_KINDS if changes.get(k)
+    ]
+    options = changes[allowed_kinds[rng.integers(len(allowed_kinds))]]
     return options[rng.integers(len(options))]
 
 
@@ -387,6 +417,8 @@ class ShapesSource:
       max_text_len: token length L of the caption tokens.
       hard_negatives: also return ``"neg_tokens"``, the caption of a scene that differs from
         the example's in one attribute (``hard_negative``), for contrastive training.
+      hard_negative_kinds: the kinds of change those negatives draw from (``hard_negative``);
+        empty for the default five.
     """
 
     def __init__(
@@ -397,6 +429,7 @@ class ShapesSource:
         num_examples: int | None = None,
         max_text_len: int = 64,
         hard_negatives: bool = False,
+        hard_negative_kinds: Sequence[str] = (),
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {tuple(SPLITS)}")
@@ -407,6 +440,7 @@ class ShapesSource:
         self.num_examples = DEFAULT_LENGTHS[split] if num_examples is None else int(num_examples)
         self.max_text_len = int(max_text_len)
         self.hard_negatives = bool(hard_negatives)
+        self.hard_negative_kinds = _check_kinds(tuple(hard_negative_kinds))
 
     def __len__(self) -> int:
         return self.num_examples
@@ -450,7 +484,7 @@ class ShapesSource:
         truth = self.truth(i) if truth is None else truth
         rng = _Draws(self.seed, SPLITS[self.split] + _NEGATIVE_STREAM, i)
         pairs = ALL_PAIRS if self.split == "heldout" else TRAIN_PAIRS
-        objects, relation = hard_negative(truth, rng, pairs)
+        objects, relation = hard_negative(truth, rng, pairs, self.hard_negative_kinds)
         return _caption(objects, relation, rng, self.max_text_len - 2)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
