@@ -84,9 +84,9 @@ G_NORMS = ("group", "batch", "pixel", "layer", "none")
 def _g_norm(kind: str, channels: int, dtype: Dtype, name: str):
     """The generator's normalisation: ``"group"`` (GroupNorm, up to 32 groups: one channel per
     group, i.e. instance normalisation, at widths <= 32), ``"batch"`` (``BatchStatNorm``, as
-    DCGAN), ``"pixel"`` (each position's feature
-    vector divided by its RMS, no parameters: ProGAN's pixelwise normalisation), ``"layer"``
-    (GroupNorm with one group: each sample's whole map) or ``"none"``."""
+    DCGAN), ``"pixel"`` (each position's feature vector divided by its RMS, no parameters:
+    ProGAN's pixelwise normalisation), ``"layer"`` (GroupNorm with one group: each sample's
+    whole map) or ``"none"``."""
     if kind == "group":
         return nn.GroupNorm(num_groups_for(channels, 32), dtype=dtype, name=name)
     if kind == "batch":
