@@ -284,7 +284,7 @@ def test_hard_negatives_need_the_matching_aware_discriminator():
     with pytest.raises(ValueError, match="gan_cls or gan_int_cls"):
         _pipeline("smoke,joint,gan_int", **{"data.hard_negatives": True})
     with pytest.raises(ValueError, match="model.g_norm"):
-        _pipeline("smoke,joint", **{"model.g_norm": "batch"})
+        _pipeline("smoke,joint", **{"model.g_norm": "instance"})
 
 
 def test_r1_weight_adds_the_penalty_to_the_discriminator_loss():
