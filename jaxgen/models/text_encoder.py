@@ -12,7 +12,15 @@ from jaxgen.data.tokenizer import PAD as PAD_ID
 from jaxgen.data.tokenizer import VOCAB_SIZE as BYTE_VOCAB_SIZE
 from jaxgen.models.layers import Dtype, attention
 
-__all__ = ["BOS_ID", "BYTE_VOCAB_SIZE", "EOS_ID", "PAD_ID", "TextEncoder"]
+__all__ = ["BOS_ID", "BYTE_VOCAB_SIZE", "EOS_ID", "PAD_ID", "TextEncoder", "masked_mean"]
+
+
+def masked_mean(seq: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``seq`` ``[B, L, W]`` over the positions where ``mask`` ``[B, L]`` is True, in
+    float32 and cast back to ``seq``'s dtype; a row with no True position gives zeros."""
+    m = mask.astype(jnp.float32)[:, :, None]
+    count = jnp.maximum(m.sum(axis=1), 1.0)
+    return ((seq.astype(jnp.float32) * m).sum(axis=1) / count).astype(seq.dtype)
 
 
 class EncoderBlock(nn.Module):
@@ -131,7 +139,5 @@ class TextEncoder(nn.Module):
                 self.num_heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}"
             )(x, attn_mask, train)
         seq = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)
-        m = mask.astype(jnp.float32)[:, :, None]
-        count = jnp.maximum(m.sum(axis=1), 1.0)
-        pooled = ((seq.astype(jnp.float32) * m).sum(axis=1) / count).astype(self.dtype)
+        pooled = masked_mean(seq, mask)
         return seq, pooled, mask

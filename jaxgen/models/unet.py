@@ -31,7 +31,7 @@ from jaxgen.models.layers import (
     timestep_embedding,
     upsample_nearest,
 )
-from jaxgen.models.text_encoder import EncoderBlock, TextEncoder
+from jaxgen.models.text_encoder import EncoderBlock, TextEncoder, masked_mean
 
 
 class ResBlock(nn.Module):
@@ -264,8 +264,7 @@ class UNet(nn.Module):
             emb = emb + dense(emb_dim, self.dtype, name="text_proj")(pooled)
             if self.text_adapter_depth:
                 context = self._adapt_text(context, context_mask)
-                m = context_mask.astype(context.dtype)[:, :, None]
-                adapted = (context * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+                adapted = masked_mean(context, context_mask)
                 emb = emb + dense(emb_dim, self.dtype, name="text_adapter_proj")(adapted)
         cross = set(self.cross_attn_resolutions) if context is not None else set()
         # Every res block applies SiLU then its own projection; compute the SiLU once.

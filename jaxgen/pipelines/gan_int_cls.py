@@ -275,6 +275,10 @@ class GANINTCLSPipeline(Pipeline):
         # One generator forward serves D's update and (through its VJP) G's.
         fake, g_vjp = jax.vjp(lambda g: self.G.apply({"params": g}, z, t), params["G"])
 
+        # With d_features, the real images' CLIP map is read once for the real and mismatched
+        # pairs (it does not depend on D's parameters).
+        real_features = self._features(params, x)
+
         def d_loss_fn(d_params, text_params):
             t_d = t if self.frozen_text else embed(text_params)
             t_wrong = jnp.roll(t_d, 1, axis=0)  # each image with its neighbour's caption
@@ -284,7 +288,11 @@ class GANINTCLSPipeline(Pipeline):
                 t_wrong = jnp.where((jnp.arange(b) % 2 == 0)[:, None], hard, t_wrong)
             images = jnp.concatenate([x, x, jax.lax.stop_gradient(fake)])
             texts = jnp.concatenate([t_d, t_wrong, t_d])
-            logits = self._score(d_params, params, images, texts)
+            features = None
+            if real_features is not None:
+                fake_features = self._features(params, jax.lax.stop_gradient(fake))
+                features = jnp.concatenate([real_features, real_features, fake_features])
+            logits = self.D.apply({"params": d_params}, images, texts, features)
             real, wrong, fk = jnp.split(logits, 3)
             loss = discriminator_loss(
                 real, wrong, fk, matching_aware=self.matching_aware, loss=gc.loss
