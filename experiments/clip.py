@@ -5,6 +5,8 @@ Variants (``--config=experiments/clip.py:<arg>``, comma-separated):
   digits            scikit-learn's handwritten digits at 16x16
   joint             the image tower convolves the three colours together (``image_colour``):
                     the CLIP whose text tower DDPM conditions on (``experiments/ddpm.py``)
+  parse             (shapes) the text tower also learns to parse each caption into its
+                    content (``model.parse_weight``, ``shapes.PARSE_FIELDS``)
   smoke             a tiny version of any of them that runs in under a minute on a CPU
 
 The text tower has the DDPM text encoder's shape (width 128, depth 2, 4 heads), so a trained
@@ -17,13 +19,13 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = set((arg or "shapes").split(","))
-    smoke, joint = "smoke" in args, "joint" in args
-    args -= {"smoke", "joint"}
+    smoke, joint, parse = "smoke" in args, "joint" in args, "parse" in args
+    args -= {"smoke", "joint", "parse"}
     dataset = args.pop() if args else "shapes"
-    if args or dataset not in ("shapes", "digits"):
+    if args or dataset not in ("shapes", "digits") or (parse and dataset != "shapes"):
         raise ValueError(
             f"Unknown clip.py variant {arg!r}; valid: shapes, digits, each with ',joint' "
-            "and/or ',smoke'."
+            "and/or ',smoke'; shapes also with ',parse'."
         )
 
     config = ml_collections.ConfigDict()
@@ -46,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # of the default draw. ("reverse", "swap") asks for the relation's direction alone; measured
     # in 500 steps, zero-shot relation stayed at 0.5 all the same (README).
     config.data.hard_negative_kinds = ()
+    # Each training caption's content as class labels ("parse"), for model.parse_weight.
+    config.data.parse_labels = parse
 
     config.model = ml_collections.ConfigDict()
     config.model.dtype = "float32"
@@ -69,6 +73,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 0.72 s for joint.
     config.model.image_colour = "joint" if joint else "factorised"
     config.model.init_temperature = 0.07
+    # > 0: linear heads on the text encoder's pooled state predict each caption's content in
+    # spatial order (shapes.parse_labels), and their cross-entropy, times this weight, joins
+    # the contrastive loss. The contrastive loss alone leaves the relation's direction and
+    # which colour goes with which shape out of the text states (README).
+    config.model.parse_weight = 1.0 if parse else 0.0
 
     config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
 

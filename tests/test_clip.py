@@ -533,3 +533,130 @@ def test_clip_config_variants_pick_the_image_colour_mode():
     assert load_experiment("experiments/ddpm.py").pretrain.clip == "clip:joint"
     with pytest.raises(ValueError, match="each with ',joint' and/or ',smoke'"):
         load_experiment("experiments/clip.py:colour")
+
+
+# -- caption parsing (model.parse_weight) -------------------------------------------------------
+def test_parse_labels_by_hand():
+    red = {"colour": "red", "shape": "circle", "size": "small"}
+    blue = {"colour": "blue", "shape": "square", "size": "large"}
+    # colour (red 0, blue 2), shape (circle 0, square 1), size (small 0, large 1); the "b"
+    # fields' last class is "none"; axis 0 none, 1 horizontal, 2 vertical.
+    assert [k for _, k in shapes.PARSE_FIELDS] == [6, 4, 2, 7, 5, 3, 3]
+    np.testing.assert_array_equal(
+        shapes.parse_labels({"objects": [red], "relation": None}), [0, 0, 0, 6, 4, 2, 0]
+    )
+    # The left (upper) object comes first, whichever the caption names first.
+    blue_left = [2, 1, 1, 0, 0, 0, 1]
+    for objects, relation in (([blue, red], "left of"), ([red, blue], "right of")):
+        got = shapes.parse_labels({"objects": objects, "relation": relation})
+        np.testing.assert_array_equal(got, blue_left)
+        assert got.dtype == np.int32
+    np.testing.assert_array_equal(
+        shapes.parse_labels({"objects": [red, blue], "relation": "below"}), [2, 1, 1, 0, 0, 0, 2]
+    )
+    np.testing.assert_array_equal(
+        shapes.parse_labels({"objects": [red, blue], "relation": "above"}), [0, 0, 0, 2, 1, 1, 2]
+    )
+
+
+def test_parse_labels_follow_the_examples_and_need_ground_truth():
+    from jaxgen import data
+
+    plain, parsed = shapes.ShapesSource("train"), shapes.ShapesSource("train", parse_labels=True)
+    for i in (0, 3, 50):
+        a, b = plain[i], parsed[i]
+        assert set(b) == {"image", "tokens", "parse"}
+        np.testing.assert_array_equal(a["tokens"], b["tokens"])
+        np.testing.assert_array_equal(b["parse"], shapes.parse_labels(parsed.truth(i)))
+    config = ml_collections.ConfigDict(
+        dict(name="digits", image_size=16, max_text_len=32, parse_labels=True)
+    )
+    with pytest.raises(ValueError, match="parse_labels needs a dataset with ground truth"):
+        data.build_source(config, "train")
+    config.name = "shapes"
+    assert data.build_source(config, "train").parse_labels
+    assert not data.build_source(config, "test").parse_labels  # training only
+
+
+def test_parse_heads_read_the_pooled_text_state():
+    from jaxgen.models.text_encoder import TextEncoder
+
+    text = dict(width=32, depth=1, num_heads=2, max_len=16)
+    model = CLIP(embed_dim=16, text=text, image_widths=(8, 16), image_dim=24, parse_classes=(3, 5))
+    images = jnp.zeros((2, 16, 16, 3))
+    tokens = jnp.asarray(np.stack([encode("a red circle", 16), encode("a blue square", 16)]))
+    params = model.init(jax.random.key(0), images, tokens)["params"]
+    chex.assert_shape(
+        [params["parse_0"]["kernel"], params["parse_1"]["kernel"]], [(32, 3), (32, 5)]
+    )
+    img, txt, scale, logits = model.apply({"params": params}, images, tokens)
+    chex.assert_shape(list(logits), [(2, 3), (2, 5)])
+    # The same as a separately applied TextEncoder's pooled state times each head by hand.
+    _, pooled, _ = TextEncoder(**text).apply({"params": params["text"]["encoder"]}, tokens)
+    for i, lg in enumerate(logits):
+        head = params[f"parse_{i}"]
+        np.testing.assert_allclose(lg, pooled @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(txt, model.apply({"params": params}, tokens, method=CLIP.embed_text))
+    # Without parse classes the model has no heads and returns three items, as before.
+    plain = CLIP(embed_dim=16, text=text, image_widths=(8, 16), image_dim=24)
+    assert len(plain.apply(plain.init(jax.random.key(0), images, tokens), images, tokens)) == 3
+
+
+def test_parse_loss_matches_numpy():
+    from jaxgen.pipelines.clip import parse_loss
+
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(4, 3)), rng.normal(size=(4, 2))]
+    labels = np.array([[0, 1], [2, 0], [1, 1], [0, 0]])
+
+    def xent(m, y):
+        return np.mean([np.log(np.exp(row).sum()) - row[t] for row, t in zip(m, y, strict=True)])
+
+    loss, accuracy = parse_loss([jnp.asarray(lg) for lg in logits], jnp.asarray(labels))
+    want = 0.5 * (xent(logits[0], labels[:, 0]) + xent(logits[1], labels[:, 1]))
+    np.testing.assert_allclose(loss, want, rtol=1e-5)
+    both = (logits[0].argmax(1) == labels[:, 0]) & (logits[1].argmax(1) == labels[:, 1])
+    assert accuracy == pytest.approx(both.mean())
+
+
+def test_clip_step_adds_the_weighted_parse_loss():
+    from jaxgen.config import load_experiment
+    from jaxgen.pipelines import build_pipeline
+    from jaxgen.pipelines.clip import contrastive_loss
+    from jaxgen.pipelines.ddpm import to_model_space
+
+    config = load_experiment("experiments/clip.py:parse,smoke")
+    assert config.model.parse_weight > 0 and config.data.parse_labels
+    config.model.parse_weight = 0.5
+    pipeline = build_pipeline(config)
+    source = shapes.ShapesSource("train", image_size=16, max_text_len=64, parse_labels=True)
+    items = [source[i] for i in range(6)]
+    batch = {k: jnp.asarray(np.stack([it[k] for it in items])) for k in items[0]}
+    state = pipeline.init(jax.random.key(0), batch)
+    params = state.params["clip"]
+    _, metrics = pipeline.train_step(state, batch, jax.random.key(1))
+    # Recomputed from the model's outputs: cross-entropy per field in numpy, then the sum.
+    img, txt, scale, logits = pipeline.model.apply(
+        {"params": params}, to_model_space(batch["image"]), batch["tokens"]
+    )
+    ce = np.mean(
+        [
+            np.mean(
+                [
+                    np.log(np.exp(r).sum()) - r[t]
+                    for r, t in zip(np.asarray(lg), batch["parse"][:, i], strict=True)
+                ]
+            )
+            for i, lg in enumerate(logits)
+        ]
+    )
+    contrastive, _ = contrastive_loss(img, txt, scale)
+    np.testing.assert_allclose(metrics["parse_loss"], ce, rtol=1e-4)
+    np.testing.assert_allclose(metrics["loss"], contrastive + 0.5 * ce, rtol=1e-4)
+    assert 0.0 <= metrics["batch_parse_accuracy"] <= 1.0
+    # Asking for the heads without the labels is a clear error.
+    config.data.parse_labels = False
+    with pytest.raises(ValueError, match="data.parse_labels=True"):
+        build_pipeline(config)
+    with pytest.raises(ValueError, match="shapes also with ',parse'"):
+        load_experiment("experiments/clip.py:digits,parse")

@@ -419,6 +419,8 @@ class ShapesSource:
         the example's in one attribute (``hard_negative``), for contrastive training.
       hard_negative_kinds: the kinds of change those negatives draw from (``hard_negative``);
         empty for the default five.
+      parse_labels: also return ``"parse"``, the caption's content as class labels
+        (``parse_labels``), to supervise a text encoder.
     """
 
     def __init__(
@@ -430,6 +432,7 @@ class ShapesSource:
         max_text_len: int = 64,
         hard_negatives: bool = False,
         hard_negative_kinds: Sequence[str] = (),
+        parse_labels: bool = False,
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {tuple(SPLITS)}")
@@ -441,6 +444,7 @@ class ShapesSource:
         self.max_text_len = int(max_text_len)
         self.hard_negatives = bool(hard_negatives)
         self.hard_negative_kinds = _check_kinds(tuple(hard_negative_kinds))
+        self.parse_labels = bool(parse_labels)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -489,12 +493,15 @@ class ShapesSource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """Returns {"image": uint8 [S, S, 3], "tokens": int32 [max_text_len]}, and
-        "neg_tokens" int32 [max_text_len] with ``hard_negatives``."""
+        "neg_tokens" int32 [max_text_len] with ``hard_negatives``, "parse" int32
+        [len(PARSE_FIELDS)] with ``parse_labels``."""
         ex = self.example(index)
         out = {"image": ex["image"], "tokens": ex["tokens"]}
         if self.hard_negatives:
             caption = self.negative_caption(index, ex)
             out["neg_tokens"] = tokenizer.encode(caption, self.max_text_len)
+        if self.parse_labels:
+            out["parse"] = parse_labels(ex)
         return out
 
     def captions(self, indices: Iterable[int]) -> list[str]:
@@ -544,6 +551,42 @@ def content_key(truth: dict) -> tuple:
     if relation in _MIRROR:
         objects, relation = objects[::-1], _MIRROR[relation]
     return (*objects, relation)
+
+
+# The caption's content as class labels, one per field: the objects in spatial order (for two
+# objects, "a" is the left or upper one; see ``content_key``), then the relation's axis. "b"
+# fields have one more class, "none", for one-object scenes; the axis is "none", "horizontal" or
+# "vertical".
+PARSE_FIELDS: tuple[tuple[str, int], ...] = (
+    ("colour_a", len(COLOUR_NAMES)),
+    ("shape_a", len(SHAPES)),
+    ("size_a", len(SIZES)),
+    ("colour_b", len(COLOUR_NAMES) + 1),
+    ("shape_b", len(SHAPES) + 1),
+    ("size_b", len(SIZES) + 1),
+    ("axis", 3),
+)
+_AXES = (None, "left of", "above")
+
+
+def parse_labels(truth: dict) -> np.ndarray:
+    """``int32 [len(PARSE_FIELDS)]``: the class of each ``PARSE_FIELDS`` entry for a scene.
+
+    The objects come in ``content_key``'s order, so "a red circle right of a blue square" and
+    "a blue square left of a red circle" get the same labels (blue square first, horizontal):
+    to predict them from the caption a text encoder must read which object the relation puts
+    where, and which colour goes with which shape.
+    """
+    key = content_key(truth)
+    objects, relation = key[:-1], key[-1]
+    values = (COLOUR_NAMES, SHAPES, SIZES)
+    labels = [v.index(x) for v, x in zip(values, objects[0], strict=True)]
+    if len(objects) == 2:
+        labels += [v.index(x) for v, x in zip(values, objects[1], strict=True)]
+    else:
+        labels += [len(v) for v in values]  # "none"
+    labels.append(_AXES.index(relation))
+    return np.asarray(labels, np.int32)
 
 
 def describe(objects: Sequence[dict], relation: str | None) -> str:

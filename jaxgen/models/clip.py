@@ -149,12 +149,14 @@ class TextTower(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
-        """int32 tokens ``[B, L]`` -> unit vectors ``[B, embed_dim]`` (float32)."""
+    def __call__(self, tokens: jax.Array, train: bool = False, return_pooled: bool = False):
+        """int32 tokens ``[B, L]`` -> unit vectors ``[B, embed_dim]`` (float32); with
+        ``return_pooled`` also the encoder's pooled state ``[B, W]`` (float32)."""
         encoder = TextEncoder(**{"dtype": self.dtype, **(self.text or {})}, name="encoder")
         _, pooled, _ = encoder(tokens, train=train)
-        proj = nn.Dense(self.embed_dim, use_bias=False, name="proj")
-        return l2_normalize(proj(pooled.astype(jnp.float32)))
+        pooled = pooled.astype(jnp.float32)
+        emb = l2_normalize(nn.Dense(self.embed_dim, use_bias=False, name="proj")(pooled))
+        return (emb, pooled) if return_pooled else emb
 
 
 class CLIP(nn.Module):
@@ -172,6 +174,10 @@ class CLIP(nn.Module):
       image_pool: ``ImageEncoder.pool``.
       image_colour: ``ImageEncoder.colour``.
       init_temperature: initial softmax temperature (CLIP: 0.07).
+      parse_classes: the class count of each field of a caption's parse (``shapes.PARSE_FIELDS``);
+        when set, one linear head per field reads the text encoder's pooled state (parameters
+        ``parse_0``, ``parse_1`` ...), so a loss on them asks that state, which DDPM and GAN
+        condition on, to hold the caption's content in a form a linear layer can read.
       dtype: compute dtype of both towers.
     """
 
@@ -183,6 +189,7 @@ class CLIP(nn.Module):
     image_pool: str = "flatten"
     image_colour: str = "joint"
     init_temperature: float = 0.07
+    parse_classes: Sequence[int] = ()
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -200,6 +207,9 @@ class CLIP(nn.Module):
         self.logit_scale = self.param(
             "logit_scale", nn.initializers.constant(np.log(1.0 / self.init_temperature)), ()
         )
+        self.parse_heads = [
+            nn.Dense(k, name=f"parse_{i}") for i, k in enumerate(self.parse_classes)
+        ]
 
     def embed_text(self, tokens: jax.Array, train: bool = False) -> jax.Array:
         """int32 tokens ``[B, L]`` -> unit vectors ``[B, embed_dim]`` (float32)."""
@@ -209,6 +219,16 @@ class CLIP(nn.Module):
         """float images ``[B, H, W, 3]`` in [-1, 1] -> unit vectors ``[B, embed_dim]``."""
         return l2_normalize(self.image_proj(self.image_encoder(images)))
 
+    def parse_text(self, tokens: jax.Array, train: bool = False):
+        """``(text_emb [B, D], logits)``: ``logits`` holds one float32 ``[B, k]`` per entry k of
+        ``parse_classes``, read from the pooled state the embedding is projected from."""
+        emb, pooled = self.text_tower(tokens, train, return_pooled=True)
+        return emb, tuple(head(pooled) for head in self.parse_heads)
+
     def __call__(self, images: jax.Array, tokens: jax.Array, train: bool = False):
-        """Returns ``(image_emb [B, D], text_emb [B, D], logit_scale [])``."""
-        return self.embed_image(images), self.embed_text(tokens, train), self.logit_scale
+        """Returns ``(image_emb [B, D], text_emb [B, D], logit_scale [])``, and the parse logits
+        (``parse_text``) as a fourth item when ``parse_classes`` is set."""
+        if not self.parse_classes:
+            return self.embed_image(images), self.embed_text(tokens, train), self.logit_scale
+        txt, logits = self.parse_text(tokens, train)
+        return self.embed_image(images), txt, self.logit_scale, logits

@@ -77,8 +77,30 @@ def build_model(config) -> CLIP:
         image_pool=str(mc.get("image_pool", "flatten")),
         image_colour=image_colour(mc),
         init_temperature=float(mc.init_temperature),
+        parse_classes=parse_classes(config),
         dtype=state_lib.compute_dtype(mc),
     )
+
+
+def parse_classes(config) -> tuple[int, ...]:
+    """The class counts of the parse heads a CLIP config asks for (``model.parse_weight > 0``):
+    ``shapes.PARSE_FIELDS``'; empty otherwise, and for runs saved before the option."""
+    if float(config.model.get("parse_weight", 0.0)) <= 0:
+        return ()
+    from jaxgen.data.shapes import PARSE_FIELDS
+
+    return tuple(k for _, k in PARSE_FIELDS)
+
+
+def parse_loss(logits: Sequence[jax.Array], labels: jax.Array):
+    """Mean over fields of the mean cross-entropy, and the fraction of rows with every field
+    right. ``logits``: one ``[B, k]`` per field; ``labels``: int ``[B, fields]``."""
+    losses = [
+        optax.softmax_cross_entropy_with_integer_labels(lg, labels[:, i]).mean()
+        for i, lg in enumerate(logits)
+    ]
+    right = jnp.stack([jnp.argmax(lg, -1) == labels[:, i] for i, lg in enumerate(logits)], -1)
+    return sum(losses) / len(losses), jnp.mean(jnp.all(right, axis=-1))
 
 
 class CLIPPipeline(Pipeline):
@@ -90,6 +112,12 @@ class CLIPPipeline(Pipeline):
         self.model = build_model(config)
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
+        self.parse_weight = float(config.model.get("parse_weight", 0.0))
+        if self.parse_weight > 0 and not config.data.get("parse_labels", False):
+            raise ValueError(
+                "model.parse_weight > 0 trains the text tower to parse captions, which needs "
+                "their labels: set --config.data.parse_labels=True (shapes only)."
+            )
         self._gallery = None
 
     # -- training -------------------------------------------------------------------------
@@ -112,15 +140,21 @@ class CLIPPipeline(Pipeline):
             tokens = jnp.concatenate([tokens, batch["neg_tokens"]])
 
         def loss_fn(params):
-            img, txt, scale = self.model.apply(
+            img, txt, scale, *parse = self.model.apply(
                 {"params": params}, x, tokens, train=True, rngs={"dropout": rng}
             )
             neg = txt[n:] if negatives else None
             loss, logits = contrastive_loss(img, txt[:n], scale, neg)
-            return loss, logits
+            aux = {}
+            if parse:  # the captions' parse, not their hard negatives'
+                aux["parse_loss"], aux["batch_parse_accuracy"] = parse_loss(
+                    [lg[:n] for lg in parse[0]], batch["parse"]
+                )
+                loss = loss + self.parse_weight * aux["parse_loss"]
+            return loss, (logits, aux)
 
         params = state.params["clip"]
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, (logits, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = self.tx.update(grads, state.opt_state["clip"], params)
         params = jax.tree.map(jnp.add, params, updates)
         decay = state_lib.ema_decay_at(state.step, float(self.config.train.ema_decay))
@@ -133,6 +167,7 @@ class CLIPPipeline(Pipeline):
             "temperature": jnp.exp(-jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)),
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": self.learning_rate(state.step),
+            **aux,
         }
         if negatives:  # how often an image prefers its caption to that caption's hard negative
             pos, neg = jnp.diagonal(logits[:, :n]), jnp.diagonal(logits[:, n:])
@@ -156,6 +191,11 @@ class CLIPPipeline(Pipeline):
     @functools.partial(jax.jit, static_argnums=0)
     def _embed_image(self, params, images):
         return self.model.apply({"params": params}, to_model_space(images), method=CLIP.embed_image)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _parse(self, params, tokens):
+        _, logits = self.model.apply({"params": params}, tokens, method=CLIP.parse_text)
+        return jnp.stack([jnp.argmax(lg, -1) for lg in logits], -1)
 
     def _chunked(self, fn, params, inputs: np.ndarray) -> np.ndarray:
         """Applies ``fn`` in fixed-size chunks (the last one padded): one compile per shape."""
@@ -218,6 +258,12 @@ class CLIPPipeline(Pipeline):
                 results[f"{split}/t2i_recall@{k}"] = v
             for k, v in clip_metrics.recall_at_k(sim.T, keys, keys, (1, 5)).items():
                 results[f"{split}/i2t_recall@{k}"] = v
+            if self.model.parse_classes:  # every field of the caption's parse right
+                from jaxgen.data.shapes import parse_labels
+
+                got = self._chunked(self._parse, self._params(state), self.tokenize(captions))
+                want = np.stack([parse_labels(t) for t in truths])
+                results[f"{split}/parse_accuracy"] = float(np.mean(np.all(got == want, -1)))
             variants = [self.judge.attribute_variants(t) for t in truths]
             for attr in sorted({a for v in variants for a in v}):
                 rows = [i for i, v in enumerate(variants) if attr in v]
