@@ -76,8 +76,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # > 0: linear heads on the text encoder's pooled state predict each caption's content in
     # spatial order (shapes.parse_labels), and their cross-entropy, times this weight, joins
     # the contrastive loss. The contrastive loss alone leaves the relation's direction and
-    # which colour goes with which shape out of the text states (README).
-    config.model.parse_weight = 1.0 if parse else 0.0
+    # which colour goes with which shape out of the text states. Measured with the joint tower
+    # in 850 steps (README): with weight 1 neither attention learned to parse two-object
+    # captions (half the captions right: the one-object ones); causal attention with weight 3
+    # parsed 95% of the test captions, with weight 10 99%, and then zero-shot relation 0.998.
+    config.model.parse_weight = 10.0 if parse else 0.0
 
     config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
 
@@ -142,4 +145,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.num_samples = 64
         config.eval.batch_size = 64
         config.eval.every_steps = 0
+    if parse:
+        config.model.text.causal = True  # see parse_weight
     return config
