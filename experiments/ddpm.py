@@ -55,8 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             text_adapter_depth=0,
         )
     )
+    # Causal: the text settings of the CLIP it loads (clip.py:parse, below).
     config.model.text = ml_collections.ConfigDict(
-        dict(width=128, depth=2, num_heads=4, causal=False)
+        dict(width=128, depth=2, num_heads=4, causal=dataset == "shapes")
     )
     # The text encoder starts from a CLIP run's (experiments/clip.py, same text settings) and
     # stays frozen: "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip
@@ -72,8 +73,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The joint-tower CLIP (experiments/clip.py:joint), not the CLIP default: its text encoder
     # gave the UNet better colours. Measured on shapes, the 50-minute checkpoints of the two
     # runs, guidance 5, 256 prompts: test colour 0.935 against 0.845, shape 0.591 against
-    # 0.596, relation 0.385 against 0.292 (README).
-    config.pretrain = ml_collections.ConfigDict({"clip": "clip:joint"})
+    # 0.596, relation 0.385 against 0.292 (README). Its text tower also learns to parse each
+    # caption (clip.py:parse), so that its states say which object goes where and which colour
+    # goes with which shape: measured the same way, test colour 0.977, shape 0.915, relation
+    # 0.408, against 0.922, 0.694 and 0.377 without the parse (README).
+    config.pretrain = ml_collections.ConfigDict({"clip": "clip:joint,parse"})
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "cosine"
@@ -209,7 +213,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.unet.patch_size = 1
         config.model.unet.num_heads = 1
         config.model.text = ml_collections.ConfigDict(
-            dict(width=32, depth=1, num_heads=2, causal=False)
+            dict(width=32, depth=1, num_heads=2, causal=config.model.text.causal)
         )
         config.data.image_size = 16
         config.train.steps = 20

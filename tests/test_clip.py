@@ -493,6 +493,7 @@ def test_ddpm_takes_a_frozen_clip_text_encoder(clip_workdir, tmp_path):
         "--config=experiments/ddpm.py:smoke",
         f"--workdir={workdir}",
         f"--config.model.text_init={clip_workdir}",
+        "--config.model.text.causal=False",  # clip.py:smoke's attention
         "--config.model.freeze_text=True",
         "--config.train.steps=4",
         f"--config.eval.clip_workdir={clip_workdir}",
@@ -509,6 +510,7 @@ def test_ddpm_rejects_a_clip_text_encoder_of_another_shape(clip_workdir, tmp_pat
         "--config=experiments/ddpm.py:smoke",
         f"--workdir={tmp_path / 'ddpm'}",
         f"--config.model.text_init={clip_workdir}",
+        "--config.model.text.causal=False",
         "--config.model.text.width=64",
     )
     assert proc.returncode != 0 and "same text settings" in proc.stderr
@@ -530,7 +532,7 @@ def test_clip_config_variants_pick_the_image_colour_mode():
     assert load_experiment("experiments/clip.py:joint,smoke").model.image_colour == "joint"
     assert load_experiment("experiments/clip.py:digits").model.image_colour == "joint"
     # DDPM conditions on the joint-tower CLIP's text encoder (README: better colours).
-    assert load_experiment("experiments/ddpm.py").pretrain.clip == "clip:joint"
+    assert load_experiment("experiments/ddpm.py").pretrain.clip == "clip:joint,parse"
     with pytest.raises(ValueError, match="each with ',joint' and/or ',smoke'"):
         load_experiment("experiments/clip.py:colour")
 
@@ -661,3 +663,15 @@ def test_clip_step_adds_the_weighted_parse_loss():
         build_pipeline(config)
     with pytest.raises(ValueError, match="shapes also with ',parse'"):
         load_experiment("experiments/clip.py:digits,parse")
+
+
+@pytest.mark.parametrize("variant", ["", "smoke", "digits", "digits,smoke"])
+def test_ddpm_text_settings_match_the_clip_it_pretrains(variant):
+    # "pretrain:clip" loads that CLIP's text encoder into the UNet, which checks shapes and
+    # attention when it runs; this checks every shipped variant without training anything.
+    from jaxgen.config import load_experiment
+
+    ddpm = load_experiment("experiments/ddpm.py" + (f":{variant}" if variant else ""))
+    clip = load_experiment(ddpm.pretrain.clip)  # as config.pretrain's training loads it
+    assert clip.model.text.to_dict() == ddpm.model.text.to_dict()
+    assert clip.data.max_text_len == ddpm.data.max_text_len
