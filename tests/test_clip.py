@@ -638,7 +638,7 @@ def test_clip_step_adds_the_weighted_parse_loss():
     state = pipeline.init(jax.random.key(0), batch)
     params = state.params["clip"]
     _, metrics = pipeline.train_step(state, batch, jax.random.key(1))
-    # Recomputed from the model's outputs: cross-entropy per field in numpy, then the sum.
+    # Recomputed from the model's outputs: cross-entropy per field in numpy, then their mean.
     img, txt, scale, logits = pipeline.model.apply(
         {"params": params}, to_model_space(batch["image"]), batch["tokens"]
     )
@@ -657,6 +657,17 @@ def test_clip_step_adds_the_weighted_parse_loss():
     np.testing.assert_allclose(metrics["parse_loss"], ce, rtol=1e-4)
     np.testing.assert_allclose(metrics["loss"], contrastive + 0.5 * ce, rtol=1e-4)
     assert 0.0 <= metrics["batch_parse_accuracy"] <= 1.0
+    # The evaluation's parse accuracy: captions whose every field's argmax is the label.
+    config.eval.splits = ("test",)
+    results = build_pipeline(config).evaluate_embeddings(state)
+    captions, truths, _ = pipeline.judge.prompts("test", int(config.eval.num_samples), seed=0)
+    tokens = jnp.asarray(np.stack([encode(c, 64) for c in captions]))
+    _, logits = pipeline.model.apply(
+        {"params": state.ema_params["clip"]}, tokens, method=CLIP.parse_text
+    )
+    got = np.stack([np.argmax(lg, -1) for lg in logits], -1)
+    want = np.stack([shapes.parse_labels(t) for t in truths])
+    assert results["test/parse_accuracy"] == pytest.approx(np.mean(np.all(got == want, -1)))
     # Asking for the heads without the labels is a clear error.
     config.data.parse_labels = False
     with pytest.raises(ValueError, match="data.parse_labels=True"):

@@ -84,7 +84,7 @@ def build_model(config) -> CLIP:
 
 def parse_classes(config) -> tuple[int, ...]:
     """The class counts of the parse heads a CLIP config asks for (``model.parse_weight > 0``):
-    ``shapes.PARSE_FIELDS``'; empty otherwise, and for runs saved before the option."""
+    those of ``shapes.PARSE_FIELDS``; empty otherwise, and for runs saved before the option."""
     if float(config.model.get("parse_weight", 0.0)) <= 0:
         return ()
     from jaxgen.data.shapes import PARSE_FIELDS
