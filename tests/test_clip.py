@@ -637,7 +637,7 @@ def test_clip_step_adds_the_weighted_parse_loss():
     batch = {k: jnp.asarray(np.stack([it[k] for it in items])) for k in items[0]}
     state = pipeline.init(jax.random.key(0), batch)
     params = state.params["clip"]
-    _, metrics = pipeline.train_step(state, batch, jax.random.key(1))
+    _, metrics = jax.jit(pipeline.train_step)(state, batch, jax.random.key(1))
     # Recomputed from the model's outputs: cross-entropy per field in numpy, then their mean.
     img, txt, scale, logits = pipeline.model.apply(
         {"params": params}, to_model_space(batch["image"]), batch["tokens"]
@@ -658,7 +658,7 @@ def test_clip_step_adds_the_weighted_parse_loss():
     np.testing.assert_allclose(metrics["loss"], contrastive + 0.5 * ce, rtol=1e-4)
     assert 0.0 <= metrics["batch_parse_accuracy"] <= 1.0
     # The evaluation's parse accuracy: captions whose every field's argmax is the label.
-    config.eval.splits = ("test",)
+    config.eval.splits, config.eval.num_samples, config.eval.batch_size = ("test",), 16, 16
     results = build_pipeline(config).evaluate_embeddings(state)
     captions, truths, _ = pipeline.judge.prompts("test", int(config.eval.num_samples), seed=0)
     tokens = jnp.asarray(np.stack([encode(c, 64) for c in captions]))
