@@ -250,19 +250,27 @@ def test_hard_negatives_leave_the_examples_alone():
         assert b["neg_tokens"].dtype == np.int32 and b["neg_tokens"].shape == a["tokens"].shape
 
 
-def test_hard_negatives_need_ground_truth():
+@pytest.mark.parametrize("key", ["hard_negatives", "parse_labels"])
+def test_ground_truth_options_need_shapes_and_train_only(key):
+    from jaxgen import data
+
+    config = ml_collections.ConfigDict(dict(name="digits", image_size=16, max_text_len=32))
+    config[key] = True
+    with pytest.raises(ValueError, match=f"{key} needs a dataset with ground truth"):
+        data.build_source(config, "train")
+    config.name = "shapes"
+    assert getattr(data.build_source(config, "train"), key)
+    assert not getattr(data.build_source(config, "test"), key)  # training only
+
+
+def test_hard_negative_kinds_reach_the_source():
     from jaxgen import data
 
     config = ml_collections.ConfigDict(
-        dict(name="digits", image_size=16, max_text_len=32, hard_negatives=True)
+        dict(name="shapes", image_size=16, max_text_len=32, hard_negatives=True)
     )
-    with pytest.raises(ValueError, match="hard_negatives needs a dataset with ground truth"):
-        data.build_source(config, "train")
-    config.name = "shapes"
-    assert data.build_source(config, "train").hard_negatives
     config.hard_negative_kinds = ("reverse",)
     assert data.build_source(config, "train").hard_negative_kinds == ("reverse",)
-    assert not data.build_source(config, "test").hard_negatives  # training only
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -561,23 +569,13 @@ def test_parse_labels_by_hand():
     )
 
 
-def test_parse_labels_follow_the_examples_and_need_ground_truth():
-    from jaxgen import data
-
+def test_parse_labels_follow_the_examples():
     plain, parsed = shapes.ShapesSource("train"), shapes.ShapesSource("train", parse_labels=True)
     for i in (0, 3, 50):
         a, b = plain[i], parsed[i]
         assert set(b) == {"image", "tokens", "parse"}
         np.testing.assert_array_equal(a["tokens"], b["tokens"])
         np.testing.assert_array_equal(b["parse"], shapes.parse_labels(parsed.truth(i)))
-    config = ml_collections.ConfigDict(
-        dict(name="digits", image_size=16, max_text_len=32, parse_labels=True)
-    )
-    with pytest.raises(ValueError, match="parse_labels needs a dataset with ground truth"):
-        data.build_source(config, "train")
-    config.name = "shapes"
-    assert data.build_source(config, "train").parse_labels
-    assert not data.build_source(config, "test").parse_labels  # training only
 
 
 def test_parse_heads_read_the_pooled_text_state():
