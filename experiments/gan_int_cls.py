@@ -6,6 +6,7 @@ Variants (``--config=experiments/gan_int_cls.py:<arg>``, comma-separated):
   gan, gan_cls, gan_int, gan_int_cls
                     the paper's variants (default gan_int_cls)
   joint             a text encoder trained jointly with D instead of a frozen CLIP
+  aux               D also classifies each real image's content (shapes only; gan.aux_weight)
   smoke             a tiny version that runs in under a minute on a CPU
 
 The default takes its text embedding from a CLIP run (frozen), which it first trains into
@@ -22,13 +23,13 @@ VARIANTS = ("gan", "gan_cls", "gan_int", "gan_int_cls")
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = set((arg or "shapes").split(","))
-    smoke, joint = "smoke" in args, "joint" in args
-    args -= {"smoke", "joint"}
+    smoke, joint, aux = "smoke" in args, "joint" in args, "aux" in args
+    args -= {"smoke", "joint", "aux"}
     datasets, variants = args & set(DATASETS), args & set(VARIANTS)
     if args - datasets - variants or len(datasets) > 1 or len(variants) > 1:
         raise ValueError(
             f"Unknown gan_int_cls.py variant {arg!r}; valid: one of {', '.join(DATASETS)}, one of "
-            f"{', '.join(VARIANTS)}, 'joint' and 'smoke', comma-separated."
+            f"{', '.join(VARIANTS)}, 'joint', 'aux' and 'smoke', comma-separated."
         )
     dataset = datasets.pop() if datasets else "shapes"
 
@@ -47,6 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # batch neighbour's caption (the paper); True gives every other image instead a caption that
     # differs in one attribute (shapes.hard_negative), which a colour check alone cannot reject.
     config.data.hard_negatives = False
+    # Each training caption's content as class labels (shapes.parse_labels), for gan.aux_weight.
+    config.data.parse_labels = aux
 
     config.gan = ml_collections.ConfigDict()
     config.gan.variant = variants.pop() if variants else "gan_int_cls"
@@ -61,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Measured at 450 updates (README): 0.25 moves the judge's numbers by less than a change of
     # seed does, 1 turns the samples to noise.
     config.gan.clip_weight = 0.0
+    # Weight of the auxiliary classifier (AC-GAN, TAC-GAN): D also learns to classify real
+    # images' content (data.parse_labels), and G to have its samples classified as their
+    # captions say; 0 turns it off.
+    config.gan.aux_weight = 1.0 if aux else 0.0
 
     config.model = ml_collections.ConfigDict()
     config.model.dtype = "float32"

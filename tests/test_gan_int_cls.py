@@ -19,6 +19,7 @@ from jaxgen.models.gan import (
     Generator,
     InverseNetwork,
     _d_norm,
+    _Downsampler,
     _g_norm,
 )
 from jaxgen.pipelines.gan_int_cls import (
@@ -147,6 +148,29 @@ def test_discriminator_reads_a_feature_map_beside_the_image():
         d.apply(variables, x, t, feats[:, :6, :6])
 
 
+def test_discriminator_auxiliary_classifier_reads_the_image_alone():
+    d = Discriminator(16, 8, 16, aux_classes=(6, 3))
+    x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
+    t = jax.random.normal(jax.random.key(3), (3, 24))
+    variables = d.init(jax.random.key(0), x, t)
+    logits, aux = d.apply(variables, x, t)
+    chex.assert_shape(logits, (3,))
+    chex.assert_shape(aux, [(3, 6), (3, 3)])
+    # Each head is a linear map of the image's 4x4 map, computed apart with D's downsampler.
+    p = variables["params"]
+    h = _Downsampler(16, 8, name="down").apply({"params": p["down"]}, x)
+    flat = np.asarray(h).reshape(3, -1)
+    for i, a in enumerate(aux):
+        want = flat @ np.asarray(p[f"aux_{i}"]["kernel"]) + np.asarray(p[f"aux_{i}"]["bias"])
+        np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-5)
+    # The text does not reach the classifier, and D's own score is the plain D's.
+    np.testing.assert_allclose(d.apply(variables, x, -t)[1][0], aux[0], rtol=1e-6)
+    plain = Discriminator(16, 8, 16).apply(
+        {"params": {k: v for k, v in p.items() if "aux" not in k}}, x, t
+    )
+    np.testing.assert_allclose(plain, logits, rtol=1e-6)
+
+
 # -- losses by hand -----------------------------------------------------------------------------
 def _sp(v):  # softplus, written out
     return np.log1p(np.exp(v))
@@ -223,11 +247,11 @@ def _pipeline(arg="smoke,joint", **overrides):
     return GANINTCLSPipeline(config), config
 
 
-def _batch(config, n=8):
+def _batch(config, n=8, keys=("image", "tokens")):
     from jaxgen import data as data_lib
 
     src = data_lib.build_source(config.data, "train")
-    return {k: np.stack([src[i][k] for i in range(n)]) for k in ("image", "tokens")}
+    return {k: np.stack([src[i][k] for i in range(n)]) for k in keys}
 
 
 def test_variants_select_the_paper_components():
@@ -308,6 +332,53 @@ def test_r1_weight_adds_the_penalty_to_the_discriminator_loss():
     assert abs(float(m0["g_loss"]) - float(m1["g_loss"])) > 1e-7
     with pytest.raises(ValueError, match="r1_weight"):
         _pipeline("smoke,joint", **{"gan.r1_weight": -1.0})
+
+
+def _ce(logits, labels):  # mean softmax cross-entropy, in numpy
+    logits = np.asarray(logits, np.float64)
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.mean(logp[np.arange(len(labels)), labels])
+
+
+def test_aux_weight_classifies_real_images_and_steers_the_generator():
+    pipe0, config0 = _pipeline("smoke,joint,gan")
+    pipe1, config = _pipeline("smoke,joint,gan,aux", **{"gan.aux_weight": 2.0})
+    batch = _batch(config, keys=("image", "tokens", "parse"))
+    state = pipe1.init(jax.random.key(0), batch)
+    assert {"aux_0", "aux_6"} <= set(state.params["D"])
+    new, m1 = jax.jit(pipe1.train_step)(state, batch, jax.random.key(1))
+    # D's classifier on the real images, against numpy's cross-entropy with their labels ...
+    d = state.params["D"]
+    t = pipe1.text.apply({"params": state.params["text"]}, jnp.asarray(batch["tokens"]))
+    x = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0
+    _, aux = pipe1.D.apply({"params": d}, x, t)
+    labels = batch["parse"]
+    want = np.mean([_ce(a, labels[:, i]) for i, a in enumerate(aux)])
+    np.testing.assert_allclose(m1["d_aux"], want, rtol=1e-4)
+    # ... is added to D's loss with its weight: the plain pipeline with D's aux heads removed
+    # gives the same adversarial part.
+    plain_d = {k: v for k, v in d.items() if not k.startswith("aux_")}
+    state0 = state.replace(
+        params={**state.params, "D": plain_d},
+        opt_state={**state.opt_state, "D": pipe0.tx.init(plain_d)},
+    )
+    _, m0 = jax.jit(pipe0.train_step)(state0, batch, jax.random.key(1))
+    np.testing.assert_allclose(m1["d_loss"] - m0["d_loss"], 2.0 * want, rtol=1e-4, atol=1e-6)
+    # G's term: the updated classifier's cross-entropy on the step's samples (z drawn as the
+    # step draws it) with their captions' labels.
+    z = jax.random.normal(jax.random.split(jax.random.key(1))[0], (8, pipe1.z_dim))
+    fake = pipe1.G.apply({"params": state.params["G"]}, z, t)
+    _, aux_fake = pipe1.D.apply({"params": new.params["D"]}, fake, t)
+    want_g = np.mean([_ce(a, labels[:, i]) for i, a in enumerate(aux_fake)])
+    np.testing.assert_allclose(m1["g_aux"], want_g, rtol=1e-4)
+    right = np.all(np.stack([np.argmax(a, -1) for a in aux_fake], -1) == labels, -1)
+    np.testing.assert_allclose(m1["g_aux_accuracy"], right.mean())
+    assert "d_aux" not in m0
+    with pytest.raises(ValueError, match="parse_labels"):
+        _pipeline("smoke,joint", **{"gan.aux_weight": 1.0})
+    with pytest.raises(ValueError, match="aux_weight"):
+        _pipeline("smoke,joint,aux", **{"gan.aux_weight": -1.0})
 
 
 def test_clip_weight_scores_samples_with_the_frozen_clip(clip_smoke_workdir):

@@ -182,6 +182,9 @@ class Discriminator(nn.Module):
         normalises each position's feature vector on its own, so a faint response counts as
         much as a strong one; ``"layer"`` normalises the whole map and keeps their ratio.
       dtype: compute dtype.
+      aux_classes: when set, one linear classifier per entry (with that many classes) reads
+        the image's own 4x4 map, before any text is joined (the auxiliary classifier of
+        AC-GAN and TAC-GAN), and ``__call__`` also returns their logits.
     """
 
     image_size: int = 32
@@ -189,6 +192,7 @@ class Discriminator(nn.Module):
     text_dim: int = 128
     norm: str = "channel"
     dtype: Dtype = jnp.float32
+    aux_classes: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(
@@ -197,8 +201,14 @@ class Discriminator(nn.Module):
         """Args: images ``[B, S, S, 3]`` in [-1, 1], text_emb ``[B, E]``, and optionally
         ``features`` ``[B, h, w, F]``, a frozen network's feature map of the same images, which
         (average-pooled to 4x4 when larger) a 1x1 conv brings in beside the image's own 4x4
-        map. Returns ``[B]``."""
+        map. Returns ``[B]``, and with ``aux_classes`` also a tuple of ``[B, k]`` float32
+        class logits."""
         h = _Downsampler(self.image_size, self.ch, self.norm, self.dtype, name="down")(images)
+        flat = h.reshape(h.shape[0], -1)
+        aux = tuple(
+            nn.Dense(k, dtype=self.dtype, name=f"aux_{i}")(flat).astype(jnp.float32)
+            for i, k in enumerate(self.aux_classes)
+        )
         if features is not None:
             fh, fw = features.shape[1:3]
             if fh % h.shape[1] or fw % h.shape[2]:
@@ -217,7 +227,8 @@ class Discriminator(nn.Module):
         h = _conv(h.shape[-1] // 2, 1, 1, self.dtype, "joint")(h)
         h = nn.leaky_relu(_d_norm(self.norm, self.dtype, "norm_joint")(h), 0.2)
         h = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype, name="score")(h)
-        return h.reshape(h.shape[0]).astype(jnp.float32)
+        logits = h.reshape(h.shape[0]).astype(jnp.float32)
+        return (logits, aux) if self.aux_classes else logits
 
 
 class InverseNetwork(nn.Module):

@@ -21,6 +21,13 @@ against; an independent CLIP run (``eval.clip_workdir``) keeps them honest. With
 ``model.d_features="clip"`` the discriminator also reads that CLIP image tower's last feature map
 of every image it scores (as Projected GANs use a pretrained network's features), and the
 generator's gradient flows back through the frozen tower.
+
+With ``gan.aux_weight > 0`` (``shapes`` only) the discriminator also classifies each real
+image's content, the labels ``shapes.parse_labels`` gives its caption (each object's colour,
+shape and size, and the axis of their relation), and the generator is trained to make that
+classifier read its samples as their captions say: the auxiliary classifier of AC-GAN (Odena et
+al. 2017) and TAC-GAN (Dash et al. 2017), which tells the generator which attribute is wrong
+rather than only that the pair does not match.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from jaxgen.evaluation import judges
 from jaxgen.models.clip import CLIP, TextTower
 from jaxgen.models.gan import D_NORMS, G_NORMS, Discriminator, Generator, InverseNetwork
 from jaxgen.pipelines.base import Pipeline
-from jaxgen.pipelines.clip import MAX_LOGIT_SCALE
+from jaxgen.pipelines.clip import MAX_LOGIT_SCALE, parse_loss
 from jaxgen.pipelines.ddpm import to_model_space, to_uint8
 from jaxgen.training import state as state_lib
 
@@ -176,6 +183,15 @@ class GANINTCLSPipeline(Pipeline):
                 "model.d_features='clip' feeds D the image tower of the CLIP run at "
                 "model.text_init: it needs model.text_source='clip'."
             )
+        self.aux_weight = float(gc.get("aux_weight", 0.0))
+        if self.aux_weight < 0:
+            raise ValueError(f"gan.aux_weight must be >= 0, got {self.aux_weight}.")
+        if self.aux_weight > 0 and not config.data.get("parse_labels", False):
+            raise ValueError(
+                "gan.aux_weight > 0 trains the discriminator to classify the images' content, "
+                "which needs their labels: set --config.data.parse_labels=True (shapes only), "
+                "or use the 'aux' variant."
+            )
         # The frozen CLIP image tower, in params["clip_image"], for either use.
         self.uses_clip_image = self.clip_weight > 0 or bool(self.d_features)
         dtype = state_lib.compute_dtype(mc)
@@ -189,7 +205,14 @@ class GANINTCLSPipeline(Pipeline):
         d_norm = str(mc.get("d_norm", "channel"))
         if d_norm not in D_NORMS:
             raise ValueError(f"Unknown model.d_norm {d_norm!r}; valid: {', '.join(D_NORMS)}.")
-        self.D = Discriminator(self.size, int(mc.d_ch), int(mc.text_dim), d_norm, dtype)
+        aux_classes = ()
+        if self.aux_weight > 0:
+            from jaxgen.data.shapes import PARSE_FIELDS
+
+            aux_classes = tuple(k for _, k in PARSE_FIELDS)
+        self.D = Discriminator(
+            self.size, int(mc.d_ch), int(mc.text_dim), d_norm, dtype, aux_classes
+        )
         self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
@@ -292,18 +315,24 @@ class GANINTCLSPipeline(Pipeline):
             if real_features is not None:
                 fake_features = self._features(params, jax.lax.stop_gradient(fake))
                 features = jnp.concatenate([real_features, real_features, fake_features])
-            logits = self.D.apply({"params": d_params}, images, texts, features)
+            logits, aux = self._d(d_params, images, texts, features)
             real, wrong, fk = jnp.split(logits, 3)
             loss = discriminator_loss(
                 real, wrong, fk, matching_aware=self.matching_aware, loss=gc.loss
             )
+            aux_out = {}
+            if aux:  # the classifier learns from the real images alone
+                aux_out["d_aux"], aux_out["d_aux_accuracy"] = parse_loss(
+                    [a[:b] for a in aux], batch["parse"]
+                )
+                loss = loss + self.aux_weight * aux_out["d_aux"]
             if self.r1_weight > 0:
                 loss = loss + self.r1_weight * r1_penalty(
                     lambda im: self._score(d_params, params, im, t_d), x
                 )
-            return loss, (real, wrong, fk)
+            return loss, (real, wrong, fk, aux_out)
 
-        (d_loss, (real, wrong, fk)), (d_grads, text_grads) = jax.value_and_grad(
+        (d_loss, (real, wrong, fk, d_aux)), (d_grads, text_grads) = jax.value_and_grad(
             d_loss_fn, argnums=(0, 1), has_aux=True
         )(params["D"], params["text"])
         new_params, new_opt = dict(params), dict(state.opt_state)
@@ -318,14 +347,20 @@ class GANINTCLSPipeline(Pipeline):
             return generator_loss(self._score(new_params["D"], params, images, texts), gc.loss)
 
         def g_loss_fn(images):
-            if self.clip_weight == 0:
-                return adversarial(images, t), jnp.zeros(())
-            clip = params["clip_image"]
-            emb = self.clip_model.apply({"params": clip}, images, method=CLIP.embed_image)
-            guidance = clip_guidance_loss(emb, t, clip["logit_scale"])
-            return adversarial(images, t) + self.clip_weight * guidance, guidance
+            out = {}
+            logits, aux = self._d(new_params["D"], images, t, self._features(params, images))
+            loss = generator_loss(logits, gc.loss)
+            if aux:  # the samples should be classified as their captions say
+                out["g_aux"], out["g_aux_accuracy"] = parse_loss(aux, batch["parse"])
+                loss = loss + self.aux_weight * out["g_aux"]
+            if self.clip_weight > 0:
+                clip = params["clip_image"]
+                emb = self.clip_model.apply({"params": clip}, images, method=CLIP.embed_image)
+                out["g_clip"] = clip_guidance_loss(emb, t, clip["logit_scale"])
+                loss = loss + self.clip_weight * out["g_clip"]
+            return loss, out
 
-        (g_loss, g_clip), d_fake_images = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+        (g_loss, g_aux), d_fake_images = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
         (g_grads,) = g_vjp(d_fake_images)
         if self.use_int:
             t_int = interpolate(t, jnp.roll(t, 1, axis=0), float(gc.int_beta))
@@ -361,8 +396,8 @@ class GANINTCLSPipeline(Pipeline):
             "d_grad_norm": optax.tree.norm(d_grads),
             "learning_rate": self.learning_rate(state.step),
         }
-        if self.clip_weight > 0:
-            metrics["g_clip"] = g_clip
+        metrics.update(d_aux)
+        metrics.update(g_aux)
         new_state = state.replace(
             step=state.step + 1, params=new_params, opt_state=new_opt, ema_params=ema
         )
@@ -381,10 +416,15 @@ class GANINTCLSPipeline(Pipeline):
         )
         return out["intermediates"]["image"]["feature_map"][0]
 
+    def _d(self, d_params, images, texts, features):
+        """D's logits for (image, text embedding) pairs and its auxiliary class logits (an
+        empty tuple without ``gan.aux_weight``)."""
+        out = self.D.apply({"params": d_params}, images, texts, features)
+        return out if self.D.aux_classes else (out, ())
+
     def _score(self, d_params, params, images, texts):
         """D's logits for (image, text embedding) pairs."""
-        features = self._features(params, images)
-        return self.D.apply({"params": d_params}, images, texts, features)
+        return self._d(d_params, images, texts, self._features(params, images))[0]
 
     def _apply(self, params, grads, opt_state):
         updates, opt_state = self.tx.update(grads, opt_state, params)
