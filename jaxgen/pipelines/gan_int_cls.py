@@ -332,7 +332,7 @@ class GANINTCLSPipeline(Pipeline):
                 )
             return loss, (real, wrong, fk, aux_out)
 
-        (d_loss, (real, wrong, fk, d_aux)), (d_grads, text_grads) = jax.value_and_grad(
+        (d_loss, (real, wrong, fk, d_terms)), (d_grads, text_grads) = jax.value_and_grad(
             d_loss_fn, argnums=(0, 1), has_aux=True
         )(params["D"], params["text"])
         new_params, new_opt = dict(params), dict(state.opt_state)
@@ -360,7 +360,7 @@ class GANINTCLSPipeline(Pipeline):
                 loss = loss + self.clip_weight * out["g_clip"]
             return loss, out
 
-        (g_loss, g_aux), d_fake_images = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+        (g_loss, g_terms), d_fake_images = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
         (g_grads,) = g_vjp(d_fake_images)
         if self.use_int:
             t_int = interpolate(t, jnp.roll(t, 1, axis=0), float(gc.int_beta))
@@ -396,8 +396,8 @@ class GANINTCLSPipeline(Pipeline):
             "d_grad_norm": optax.tree.norm(d_grads),
             "learning_rate": self.learning_rate(state.step),
         }
-        metrics.update(d_aux)
-        metrics.update(g_aux)
+        metrics.update(d_terms)
+        metrics.update(g_terms)
         new_state = state.replace(
             step=state.step + 1, params=new_params, opt_state=new_opt, ema_params=ema
         )
