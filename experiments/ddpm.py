@@ -49,6 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             patch_size=2,
             # Row and column channels at the input (UNet.coord_channels).
             coord_channels=False,
+            # A learned relative position bias in the self-attention blocks (UNet.rel_pos_bias).
+            rel_pos_bias=False,
             # Trainable transformer blocks over the frozen text states (UNet.text_adapter_depth).
             # Measured at 900 steps, 2 blocks: more pairs drawn as one shape, the relation no
             # better (README).

@@ -19,7 +19,7 @@ from jaxgen.models.layers import (
     upsample_nearest,
 )
 from jaxgen.models.text_encoder import BOS_ID, EOS_ID, PAD_ID, TextEncoder
-from jaxgen.models.unet import UNet, coordinate_channels
+from jaxgen.models.unet import AttnBlock, UNet, coordinate_channels, relative_offset_index
 
 TINY_TEXT = dict(max_len=16, width=32, depth=1, num_heads=2)
 
@@ -140,6 +140,70 @@ def test_attention_per_query_mask_matches_reference():
         np.testing.assert_allclose(
             out[0, t], np.einsum("nk,knd->nd", w, v[0, : t + 1]), rtol=1e-5, atol=1e-5
         )
+
+
+def test_attention_bias_matches_reference():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 2, 4)) for i in range(3))
+    bias = jax.random.normal(jax.random.key(5), (2, 3, 3))
+    out = attention(q, k, v, bias=bias)
+    for b in range(2):
+        logits = np.einsum("qnd,knd->nqk", q[b], k[b]) / 2.0 + np.asarray(bias)
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        w /= w.sum(-1, keepdims=True)
+        np.testing.assert_allclose(out[b], np.einsum("nqk,knd->qnd", w, v[b]), rtol=1e-5, atol=1e-5)
+
+
+def test_relative_offset_index_by_hand():
+    idx = relative_offset_index(2, 3)  # offsets (dy, dx) in a table of 3 x 5 rows
+    chex.assert_shape(idx, (6, 6))
+    # query (0, 0) -> key (0, 1): (dy, dx) = (0, 1) -> (0 + 1) * 5 + 1 + 2 = 8
+    assert idx[0, 1] == 8
+    # query (1, 2) -> key (0, 0): (-1, -2) -> row 0; the same pixel: (0, 0) -> the centre, 7
+    assert idx[5, 0] == 0
+    assert set(np.diag(idx)) == {7}
+    # one offset, one row, wherever the pair sits: (0, 0)->(1, 1) and (0, 1)->(1, 2)
+    assert idx[0, 4] == idx[1, 5] == 2 * 5 + 3
+    assert idx.min() == 0 and idx.max() == 3 * 5 - 1
+
+
+def test_attention_block_relative_bias_steers_each_pixel_to_its_neighbour():
+    """A bias of 50 on the offset "one column right" makes every pixel but the last column's
+    attend to its right neighbour alone: the block adds that neighbour's projected value."""
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 8))
+    block = AttnBlock(num_heads=2, norm_groups=4, rel_pos_bias=True)
+    params = perturb(block.init(jax.random.key(1), x)["params"], jax.random.key(2))
+    plain = AttnBlock(num_heads=2, norm_groups=4)
+    no_bias = {k: v for k, v in params.items() if k != "rel_pos_bias"}
+    zero = dict(params, rel_pos_bias=jnp.zeros_like(params["rel_pos_bias"]))
+    np.testing.assert_allclose(
+        block.apply({"params": zero}, x), plain.apply({"params": no_bias}, x), rtol=1e-5
+    )
+    assert params["rel_pos_bias"].shape == (7 * 7, 2)
+    right = (0 + 3) * 7 + 1 + 3  # (dy, dx) = (0, 1)
+    table = jnp.zeros((49, 2)).at[right].set(50.0)
+    out = block.apply({"params": dict(params, rel_pos_bias=table)}, x)
+    h = GroupNorm(4).apply({"params": params["norm"]}, x).reshape(16, 8)
+    v = (h @ params["qkv"]["kernel"] + params["qkv"]["bias"]).reshape(16, 3, 8)[:, 2]
+    proj = v @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]
+    want = np.asarray(x).reshape(16, 8) + np.roll(np.asarray(proj), -1, axis=0)  # pixel p + 1
+    got = np.asarray(out).reshape(16, 8)
+    inner = np.arange(16) % 4 != 3
+    np.testing.assert_allclose(got[inner], want[inner], rtol=1e-4, atol=1e-4)
+
+
+def test_unet_relative_bias_only_in_self_attention():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    t, tokens = jnp.array([3, 500]), jnp.asarray(np.stack([encode("a red circle", 16)] * 2))
+    model = tiny_unet(rel_pos_bias=True)
+    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
+    with_bias = sorted(k for k, v in params.items() if "rel_pos_bias" in v)
+    assert with_bias and all(k.endswith("_attn") for k in with_bias), with_bias
+    assert "mid_attn" in with_bias and params["mid_attn"]["rel_pos_bias"].shape == (15 * 15, 2)
+    plain = {k: {n: p for n, p in v.items() if n != "rel_pos_bias"} for k, v in params.items()}
+    # Zero at initialisation: the same output as the UNet without it.
+    out = jax.jit(model.apply)({"params": params}, x, t, tokens)
+    ref = jax.jit(model.clone(rel_pos_bias=False).apply)({"params": plain}, x, t, tokens)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_upsample_nearest():
