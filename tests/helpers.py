@@ -39,6 +39,20 @@ def run_cli(
     )
 
 
+def parse_cross_entropy(logits, labels) -> float:
+    """Mean over fields of the mean softmax cross-entropy, in float64 numpy: ``logits`` one
+    ``[B, k]`` per field, ``labels`` int ``[B, fields]`` (the reference for ``parse_loss``)."""
+    import numpy as np
+
+    per_field = []
+    for i, lg in enumerate(logits):
+        lg = np.asarray(lg, np.float64)
+        lg = lg - lg.max(-1, keepdims=True)
+        logp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+        per_field.append(-np.mean(logp[np.arange(len(lg)), np.asarray(labels)[:, i]]))
+    return float(np.mean(per_field))
+
+
 def experiment_config(name: str, arg: str | None = None):
     """``get_config(arg)`` of ``experiments/<name>.py``."""
     from jaxgen.config import load_experiment

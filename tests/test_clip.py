@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import parse_cross_entropy, run_cli
 
 from jaxgen.data import shapes
 from jaxgen.data.tokenizer import encode
@@ -640,17 +640,7 @@ def test_clip_step_adds_the_weighted_parse_loss():
     img, txt, scale, logits = pipeline.model.apply(
         {"params": params}, to_model_space(batch["image"]), batch["tokens"]
     )
-    ce = np.mean(
-        [
-            np.mean(
-                [
-                    np.log(np.exp(r).sum()) - r[t]
-                    for r, t in zip(np.asarray(lg), batch["parse"][:, i], strict=True)
-                ]
-            )
-            for i, lg in enumerate(logits)
-        ]
-    )
+    ce = parse_cross_entropy(logits, batch["parse"])
     contrastive, _ = contrastive_loss(img, txt, scale)
     np.testing.assert_allclose(metrics["parse_loss"], ce, rtol=1e-4)
     np.testing.assert_allclose(metrics["loss"], contrastive + 0.5 * ce, rtol=1e-4)

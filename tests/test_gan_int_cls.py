@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import experiment_config, run_cli
+from helpers import experiment_config, parse_cross_entropy, run_cli
 
 import jaxgen
 from jaxgen.models.clip import CLIP
@@ -334,13 +334,6 @@ def test_r1_weight_adds_the_penalty_to_the_discriminator_loss():
         _pipeline("smoke,joint", **{"gan.r1_weight": -1.0})
 
 
-def _ce(logits, labels):  # mean softmax cross-entropy, in numpy
-    logits = np.asarray(logits, np.float64)
-    logits = logits - logits.max(-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    return -np.mean(logp[np.arange(len(labels)), labels])
-
-
 def test_aux_weight_classifies_real_images_and_steers_the_generator():
     pipe, config = _pipeline("smoke,joint,gan,aux", **{"gan.aux_weight": 2.0})
     batch = _batch(config, keys=("image", "tokens", "parse"))
@@ -355,7 +348,7 @@ def test_aux_weight_classifies_real_images_and_steers_the_generator():
     fake = pipe.G.apply({"params": state.params["G"]}, z, t)
     # D's classifier on the real images, against numpy's cross-entropy with their labels ...
     real, aux = pipe.D.apply({"params": d}, x, t)
-    want = np.mean([_ce(a, labels[:, i]) for i, a in enumerate(aux)])
+    want = parse_cross_entropy(aux, labels)
     np.testing.assert_allclose(metrics["d_aux"], want, rtol=1e-4)
     # ... added to the plain GAN's discriminator loss with its weight.
     fake_logits, _ = pipe.D.apply({"params": d}, fake, t)
@@ -364,7 +357,7 @@ def test_aux_weight_classifies_real_images_and_steers_the_generator():
     # G's term: the updated classifier's cross-entropy on the samples with their captions'
     # labels.
     _, aux_fake = pipe.D.apply({"params": new.params["D"]}, fake, t)
-    want_g = np.mean([_ce(a, labels[:, i]) for i, a in enumerate(aux_fake)])
+    want_g = parse_cross_entropy(aux_fake, labels)
     np.testing.assert_allclose(metrics["g_aux"], want_g, rtol=1e-4)
     right = np.all(np.stack([np.argmax(a, -1) for a in aux_fake], -1) == labels, -1)
     np.testing.assert_allclose(metrics["g_aux_accuracy"], right.mean())

@@ -566,6 +566,7 @@ PARSE_FIELDS: tuple[tuple[str, int], ...] = (
     ("size_b", len(SIZES) + 1),
     ("axis", 3),
 )
+PARSE_CLASSES: tuple[int, ...] = tuple(k for _, k in PARSE_FIELDS)  # the class counts alone
 _AXES = (None, "left of", "above")
 
 

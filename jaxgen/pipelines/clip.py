@@ -87,9 +87,9 @@ def parse_classes(config) -> tuple[int, ...]:
     those of ``shapes.PARSE_FIELDS``; empty otherwise, and for runs saved before the option."""
     if float(config.model.get("parse_weight", 0.0)) <= 0:
         return ()
-    from jaxgen.data.shapes import PARSE_FIELDS
+    from jaxgen.data.shapes import PARSE_CLASSES
 
-    return tuple(k for _, k in PARSE_FIELDS)
+    return PARSE_CLASSES
 
 
 def parse_loss(logits: Sequence[jax.Array], labels: jax.Array):

@@ -205,11 +205,9 @@ class GANINTCLSPipeline(Pipeline):
         d_norm = str(mc.get("d_norm", "channel"))
         if d_norm not in D_NORMS:
             raise ValueError(f"Unknown model.d_norm {d_norm!r}; valid: {', '.join(D_NORMS)}.")
-        aux_classes = ()
-        if self.aux_weight > 0:
-            from jaxgen.data.shapes import PARSE_FIELDS
+        from jaxgen.data.shapes import PARSE_CLASSES
 
-            aux_classes = tuple(k for _, k in PARSE_FIELDS)
+        aux_classes = PARSE_CLASSES if self.aux_weight > 0 else ()
         self.D = Discriminator(
             self.size, int(mc.d_ch), int(mc.text_dim), d_norm, dtype, aux_classes
         )
