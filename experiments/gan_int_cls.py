@@ -81,9 +81,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # to their discriminator; "" (default): pixels only. Measured at 450 updates (README): the
     # factorised CLIP's colour-blind shape maps let G collapse to one colour, shape no better.
     config.model.d_features = ""
+    # True: D also adds the projection discriminator's term (Miyato & Koyama 2018), the inner
+    # product of a linear map of the projected text with the image's pooled 4x4 map, beside the
+    # paper's concatenation.
+    config.model.d_projection = False
     # The generator's normalisation (models.gan.G_NORMS): "group", "batch", "pixel", "layer" or
-    # "none". Measured at 450 updates (README): none beats "group".
+    # "none". Measured at 450 updates (README): "batch" within noise of "group"; "layer" and
+    # "pixel" fail.
     config.model.g_norm = "group"
+    # True: every normalisation in G is followed by a per-channel scale and shift linear in
+    # [z, projected text] (BigGAN's conditional normalisation), beside the paper's concatenation.
+    config.model.g_conditional = False
     config.model.text_dim = 128  # the paper's projected text embedding
     # "clip": the frozen text tower of the CLIP run at text_init; "joint": trained with D's loss.
     # "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip first (~10

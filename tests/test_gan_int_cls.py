@@ -121,6 +121,35 @@ def test_generator_norms_by_hand():
         _g_norm("instance", 8, jnp.float32, "n")
 
 
+def test_conditional_generator_norm_by_hand():
+    g = Generator(8, ch=4, text_dim=6, norm="none", conditional=True)
+    z = jax.random.normal(jax.random.key(1), (2, 5))
+    t = jax.random.normal(jax.random.key(2), (2, 7))
+    p = jax.tree.map(np.asarray, g.init(jax.random.key(0), z, t)["params"])
+    assert {"norm0_cond", "norm_out_cond"} <= set(p)
+    # Zero at initialisation: the plain generator with the same parameters.
+    plain = Generator(8, ch=4, text_dim=6, norm="none")
+    want = plain.apply({"params": {k: v for k, v in p.items() if "cond" not in k}}, z, t)
+    np.testing.assert_allclose(g.apply({"params": p}, z, t), want, rtol=1e-6)
+    # gamma = -1 at the last norm erases the map, leaving relu(beta) with
+    # beta = [z, phi(t)] @ K + b: every inner pixel is the RGB conv of that constant by hand.
+    rng = np.random.default_rng(0)
+    c = p["norm_out_cond"]["kernel"].shape[0]
+    width = p["norm_out_cond"]["bias"].shape[0] // 2
+    k_beta, b_beta = rng.normal(size=(c, width)), rng.normal(size=width)
+    kernel = np.concatenate([np.zeros((c, width)), k_beta], axis=1)
+    bias = np.concatenate([-np.ones(width), b_beta])
+    p = {**p, "norm_out_cond": {"kernel": kernel, "bias": bias}}
+    tp = np.asarray(t, np.float64) @ p["text_proj"]["dense"]["kernel"]
+    tp = tp + p["text_proj"]["dense"]["bias"]
+    tp = np.where(tp > 0, tp, 0.2 * tp)
+    beta = np.maximum(np.concatenate([np.asarray(z), tp], axis=1) @ k_beta + b_beta, 0.0)
+    rgb = np.einsum("c,yxco->o", beta[0], p["to_rgb"]["kernel"]) + p["to_rgb"]["bias"]
+    got = np.asarray(g.apply({"params": p}, z, t))
+    np.testing.assert_allclose(got[0, 1:-1, 1:-1], np.broadcast_to(np.tanh(rgb), (6, 6, 3)), 1e-4)
+    assert not np.allclose(got[0], got[1], atol=1e-3)  # each sample its own beta
+
+
 @pytest.mark.parametrize("norm", D_NORMS)
 def test_discriminator_scores_each_sample_alone(norm):
     d = Discriminator(16, 8, 16, norm)
@@ -169,6 +198,28 @@ def test_discriminator_auxiliary_classifier_reads_the_image_alone():
         {"params": {k: v for k, v in p.items() if "aux" not in k}}, x, t
     )
     np.testing.assert_allclose(plain, logits, rtol=1e-6)
+
+
+def test_projection_discriminator_adds_the_text_image_inner_product():
+    d = Discriminator(16, 8, 16, projection=True)
+    x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
+    t = jax.random.normal(jax.random.key(3), (3, 24))
+    variables = d.init(jax.random.key(0), x, t)
+    p = variables["params"]
+    # The term by hand: the image's 4x4 map (D's downsampler, run apart) averaged over
+    # positions, dotted with the projection of the projected text.
+    h = np.asarray(_Downsampler(16, 8, name="down").apply({"params": p["down"]}, x))
+    tp = np.asarray(t) @ np.asarray(p["text_proj"]["dense"]["kernel"])
+    tp = tp + np.asarray(p["text_proj"]["dense"]["bias"])
+    tp = np.where(tp > 0, tp, 0.2 * tp)
+    w = tp @ np.asarray(p["projection"]["kernel"]) + np.asarray(p["projection"]["bias"])
+    want = np.sum(h.mean(axis=(1, 2)) * w, axis=-1)
+    plain = Discriminator(16, 8, 16).apply(
+        {"params": {k: v for k, v in p.items() if k != "projection"}}, x, t
+    )
+    got = d.apply(variables, x, t)
+    np.testing.assert_allclose(got - plain, want, rtol=1e-4, atol=1e-6)
+    assert np.abs(want).max() > 1e-4  # the term is not vanishingly small at initialisation
 
 
 # -- losses by hand -----------------------------------------------------------------------------
@@ -269,15 +320,26 @@ def test_variants_select_the_paper_components():
 
 @pytest.mark.parametrize("variant", ["gan", "gan_int_cls"])
 def test_a_step_trains_every_network(variant):
-    pipe, config = _pipeline(f"smoke,joint,{variant}")
+    # The plain GAN's D also carries the projection term (model.d_projection) and its G the
+    # conditional normalisation (model.g_conditional); they train too.
+    extra = variant == "gan"
+    pipe, config = _pipeline(
+        f"smoke,joint,{variant}", **{"model.d_projection": extra, "model.g_conditional": extra}
+    )
     batch = _batch(config)
     state = pipe.init(jax.random.key(0), batch)
+    assert ("projection" in state.params["D"]) == extra
+    assert ("norm0_cond" in state.params["G"]) == extra
     new, metrics = jax.jit(pipe.train_step)(state, batch, jax.random.key(1))
     for name in ("G", "D", "S", "text"):
         moved = jax.tree.map(
             lambda a, b: float(jnp.abs(a - b).max()), new.params[name], state.params[name]
         )
         assert max(jax.tree.leaves(moved)) > 0, (variant, name)
+    if extra:
+        for net, layer in (("D", "projection"), ("G", "norm0_cond")):
+            kernel = new.params[net][layer]["kernel"]
+            assert not np.allclose(kernel, state.params[net][layer]["kernel"]), layer
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert (metrics["d_wrong"] > 0) and (metrics["d_real"] > 0)
 

@@ -109,6 +109,10 @@ class Generator(nn.Module):
       text_dim: width of the projected text embedding.
       norm: normalisation before every ReLU (``G_NORMS``).
       dtype: compute dtype.
+      conditional: after every normalisation, scale and shift each channel by ``1 + gamma``
+        and ``beta``, linear in ``[z, phi(t)]`` (zero at initialisation): the conditional
+        normalisation of BigGAN, which lets the text act on every level rather than only
+        through the first layer's input.
     """
 
     image_size: int = 32
@@ -116,6 +120,7 @@ class Generator(nn.Module):
     text_dim: int = 128
     dtype: Dtype = jnp.float32
     norm: str = "group"
+    conditional: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array, text_emb: jax.Array) -> jax.Array:
@@ -123,15 +128,29 @@ class Generator(nn.Module):
         levels = _levels(self.image_size)
         widths = [min(self.ch * 2 ** (levels - i), 8 * self.ch) for i in range(levels + 1)]
         t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
-        h = jnp.concatenate([z.astype(self.dtype), t.astype(self.dtype)], axis=-1)
-        h = nn.Dense(16 * widths[0], dtype=self.dtype, name="fc")(h)
+        cond = jnp.concatenate([z.astype(self.dtype), t.astype(self.dtype)], axis=-1)
+        h = nn.Dense(16 * widths[0], dtype=self.dtype, name="fc")(cond)
         h = h.reshape(h.shape[0], 4, 4, widths[0])
+
+        def norm(h, name):
+            h = _g_norm(self.norm, h.shape[-1], self.dtype, name)(h)
+            if self.conditional:
+                gb = nn.Dense(
+                    2 * h.shape[-1],
+                    dtype=self.dtype,
+                    kernel_init=nn.initializers.zeros,
+                    name=f"{name}_cond",
+                )(cond)
+                gamma, beta = jnp.split(gb[:, None, None, :], 2, axis=-1)
+                h = h * (1.0 + gamma) + beta
+            return nn.relu(h)
+
         for i in range(levels):
-            h = nn.relu(_g_norm(self.norm, widths[i], self.dtype, f"norm{i}")(h))
+            h = norm(h, f"norm{i}")
             b, s, _, c = h.shape
             h = jax.image.resize(h, (b, 2 * s, 2 * s, c), "nearest")
             h = conv3x3(widths[i + 1], self.dtype, name=f"conv{i}")(h)
-        h = nn.relu(_g_norm(self.norm, widths[-1], self.dtype, "norm_out")(h))
+        h = norm(h, "norm_out")
         return jnp.tanh(conv3x3(3, self.dtype, name="to_rgb")(h).astype(jnp.float32))
 
 
@@ -185,6 +204,10 @@ class Discriminator(nn.Module):
       aux_classes: when set, one linear classifier per entry (with that many classes) reads
         the image's own 4x4 map, before any text is joined (the auxiliary classifier of
         AC-GAN and TAC-GAN), and ``__call__`` also returns their logits.
+      projection: also add the projection discriminator's term (Miyato & Koyama 2018),
+        ``<W phi(t), mean_xy h(x)>``: the inner product of a linear map of the projected text
+        with the image's 4x4 map averaged over positions, a direct bilinear match of text and
+        image beside the concatenation path, which must learn the match through its 1x1 conv.
     """
 
     image_size: int = 32
@@ -193,6 +216,7 @@ class Discriminator(nn.Module):
     norm: str = "channel"
     dtype: Dtype = jnp.float32
     aux_classes: tuple[int, ...] = ()
+    projection: bool = False
 
     @nn.compact
     def __call__(
@@ -222,12 +246,21 @@ class Discriminator(nn.Module):
             f = nn.leaky_relu(_d_norm(self.norm, self.dtype, "norm_features")(f), 0.2)
             h = jnp.concatenate([h, f], axis=-1)
         t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
+        match = 0.0
+        if self.projection:
+            w = nn.Dense(
+                h.shape[-1],
+                dtype=self.dtype,
+                kernel_init=nn.initializers.normal(0.02),
+                name="projection",
+            )(t)
+            match = jnp.sum(jnp.mean(h, axis=(1, 2)) * w, axis=-1).astype(jnp.float32)
         t = jnp.broadcast_to(t[:, None, None, :], (*h.shape[:3], t.shape[-1]))
         h = jnp.concatenate([h, t.astype(h.dtype)], axis=-1)
         h = _conv(h.shape[-1] // 2, 1, 1, self.dtype, "joint")(h)
         h = nn.leaky_relu(_d_norm(self.norm, self.dtype, "norm_joint")(h), 0.2)
         h = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype, name="score")(h)
-        logits = h.reshape(h.shape[0]).astype(jnp.float32)
+        logits = h.reshape(h.shape[0]).astype(jnp.float32) + match
         return (logits, aux) if self.aux_classes else logits
 
 

@@ -201,7 +201,14 @@ class GANINTCLSPipeline(Pipeline):
         g_norm = str(mc.get("g_norm", "group"))
         if g_norm not in G_NORMS:
             raise ValueError(f"Unknown model.g_norm {g_norm!r}; valid: {', '.join(G_NORMS)}.")
-        self.G = Generator(self.size, int(mc.g_ch), int(mc.text_dim), dtype, g_norm)
+        self.G = Generator(
+            self.size,
+            int(mc.g_ch),
+            int(mc.text_dim),
+            dtype,
+            g_norm,
+            bool(mc.get("g_conditional", False)),
+        )
         d_norm = str(mc.get("d_norm", "channel"))
         if d_norm not in D_NORMS:
             raise ValueError(f"Unknown model.d_norm {d_norm!r}; valid: {', '.join(D_NORMS)}.")
@@ -209,7 +216,13 @@ class GANINTCLSPipeline(Pipeline):
 
         aux_classes = PARSE_CLASSES if self.aux_weight > 0 else ()
         self.D = Discriminator(
-            self.size, int(mc.d_ch), int(mc.text_dim), d_norm, dtype, aux_classes
+            self.size,
+            int(mc.d_ch),
+            int(mc.text_dim),
+            d_norm,
+            dtype,
+            aux_classes,
+            bool(mc.get("d_projection", False)),
         )
         self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
         self.tx = state_lib.make_optimizer(config.train)
