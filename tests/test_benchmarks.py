@@ -209,3 +209,18 @@ def test_binding_accuracy_on_models_with_known_answers():
     blind, count = binding_accuracy(BagOfWords(), 60, 16)
     assert count > 0 and blind == 0.5
     assert binding_accuracy(Oracle(), 60, 16) == (1.0, count)
+
+
+def test_d_content_probe_prints_each_input_and_field():
+    proc = run_benchmark(
+        "d_content_probe.py", "--steps=4", "--every=2", "--ch=8", "--batch_size=16"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, *rows = table_rows(proc.stdout)
+    assert header[:3] == ["inputs", "step", "s"] and len(header) == 3 + 7
+    assert [(r[0], r[1]) for r in rows] == [
+        (kind, step) for kind in ("rgb", "rgb+silhouette", "silhouette") for step in ("2", "4")
+    ]
+    assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
+    proc = run_benchmark("d_content_probe.py", "--inputs=grey")
+    assert proc.returncode == 2 and "unknown --inputs ['grey']" in proc.stderr, proc.stderr

@@ -222,6 +222,23 @@ def test_projection_discriminator_adds_the_text_image_inner_product():
     assert np.abs(want).max() > 1e-4  # the term is not vanishingly small at initialisation
 
 
+def test_silhouette_stream_reads_the_brightest_channel():
+    d = Discriminator(16, 8, 16, aux_classes=(3,), silhouette=True)
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1.0, maxval=1.0)
+    t = jax.random.normal(jax.random.key(3), (2, 24))
+    variables = d.init(jax.random.key(0), x, t)
+    p = variables["params"]
+    assert p["down_sil"]["conv0"]["kernel"].shape[2] == 1
+    # The classifier reads the RGB stream's map and the silhouette stream's, each run apart.
+    rgb = _Downsampler(16, 8, name="down").apply({"params": p["down"]}, x)
+    sil_in = np.asarray(x).max(axis=-1, keepdims=True)
+    sil = _Downsampler(16, 8, name="down").apply({"params": p["down_sil"]}, jnp.asarray(sil_in))
+    flat = np.concatenate([np.asarray(rgb), np.asarray(sil)], axis=-1).reshape(2, -1)
+    want = flat @ np.asarray(p["aux_0"]["kernel"]) + np.asarray(p["aux_0"]["bias"])
+    _, (aux,) = d.apply(variables, x, t)
+    np.testing.assert_allclose(aux, want, rtol=1e-4, atol=1e-5)
+
+
 # -- losses by hand -----------------------------------------------------------------------------
 def _sp(v):  # softplus, written out
     return np.log1p(np.exp(v))
@@ -320,12 +337,12 @@ def test_variants_select_the_paper_components():
 
 @pytest.mark.parametrize("variant", ["gan", "gan_int_cls"])
 def test_a_step_trains_every_network(variant):
-    # The plain GAN's D also carries the projection term (model.d_projection) and its G the
-    # conditional normalisation (model.g_conditional); they train too.
+    # The plain GAN's D also carries the projection term (model.d_projection) and the
+    # silhouette stream (model.d_silhouette), its G the conditional normalisation
+    # (model.g_conditional); they train too.
     extra = variant == "gan"
-    pipe, config = _pipeline(
-        f"smoke,joint,{variant}", **{"model.d_projection": extra, "model.g_conditional": extra}
-    )
+    options = ("model.d_projection", "model.d_silhouette", "model.g_conditional")
+    pipe, config = _pipeline(f"smoke,joint,{variant}", **dict.fromkeys(options, extra))
     batch = _batch(config)
     state = pipe.init(jax.random.key(0), batch)
     assert ("projection" in state.params["D"]) == extra
@@ -340,6 +357,8 @@ def test_a_step_trains_every_network(variant):
         for net, layer in (("D", "projection"), ("G", "norm0_cond")):
             kernel = new.params[net][layer]["kernel"]
             assert not np.allclose(kernel, state.params[net][layer]["kernel"]), layer
+        kernel = new.params["D"]["down_sil"]["conv0"]["kernel"]
+        assert not np.allclose(kernel, state.params["D"]["down_sil"]["conv0"]["kernel"])
     assert all(np.isfinite(float(v)) for v in metrics.values())
     assert (metrics["d_wrong"] > 0) and (metrics["d_real"] > 0)
 

@@ -208,6 +208,9 @@ class Discriminator(nn.Module):
         ``<W phi(t), mean_xy h(x)>``: the inner product of a linear map of the projected text
         with the image's 4x4 map averaged over positions, a direct bilinear match of text and
         image beside the concatenation path, which must learn the match through its 1x1 conv.
+      silhouette: a second downsampler reads each pixel's brightest channel alone (a
+        colour-blind silhouette), and its 4x4 map joins the image's: shape detectors learned
+        on it serve every colour at once, where filters on RGB must learn each shape per colour.
     """
 
     image_size: int = 32
@@ -217,6 +220,7 @@ class Discriminator(nn.Module):
     dtype: Dtype = jnp.float32
     aux_classes: tuple[int, ...] = ()
     projection: bool = False
+    silhouette: bool = False
 
     @nn.compact
     def __call__(
@@ -228,6 +232,10 @@ class Discriminator(nn.Module):
         map. Returns ``[B]``, and with ``aux_classes`` also a tuple of ``[B, k]`` float32
         class logits."""
         h = _Downsampler(self.image_size, self.ch, self.norm, self.dtype, name="down")(images)
+        if self.silhouette:
+            sil = jnp.max(images, axis=-1, keepdims=True)
+            down = _Downsampler(self.image_size, self.ch, self.norm, self.dtype, name="down_sil")
+            h = jnp.concatenate([h, down(sil)], axis=-1)
         flat = h.reshape(h.shape[0], -1)
         aux = tuple(
             nn.Dense(k, dtype=self.dtype, name=f"aux_{i}")(flat).astype(jnp.float32)

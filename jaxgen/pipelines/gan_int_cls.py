@@ -223,6 +223,7 @@ class GANINTCLSPipeline(Pipeline):
             dtype,
             aux_classes,
             bool(mc.get("d_projection", False)),
+            bool(mc.get("d_silhouette", False)),
         )
         self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
         self.tx = state_lib.make_optimizer(config.train)
