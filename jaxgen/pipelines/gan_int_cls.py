@@ -28,6 +28,11 @@ shape and size, and the axis of their relation), and the generator is trained to
 classifier read its samples as their captions say: the auxiliary classifier of AC-GAN (Odena et
 al. 2017) and TAC-GAN (Dash et al. 2017), which tells the generator which attribute is wrong
 rather than only that the pair does not match.
+
+Three more conditioning options (off by default; README measures them): BigGAN's conditional
+normalisation in G (``model.g_conditional``), the projection discriminator's text-image inner
+product in D (``model.d_projection``), and a colour-blind silhouette stream in D
+(``model.d_silhouette``).
 """
 
 from __future__ import annotations
@@ -207,7 +212,7 @@ class GANINTCLSPipeline(Pipeline):
             int(mc.text_dim),
             dtype,
             g_norm,
-            bool(mc.get("g_conditional", False)),
+            conditional=bool(mc.get("g_conditional", False)),
         )
         d_norm = str(mc.get("d_norm", "channel"))
         if d_norm not in D_NORMS:
@@ -222,8 +227,8 @@ class GANINTCLSPipeline(Pipeline):
             d_norm,
             dtype,
             aux_classes,
-            bool(mc.get("d_projection", False)),
-            bool(mc.get("d_silhouette", False)),
+            projection=bool(mc.get("d_projection", False)),
+            silhouette=bool(mc.get("d_silhouette", False)),
         )
         self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
         self.tx = state_lib.make_optimizer(config.train)
