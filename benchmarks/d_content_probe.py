@@ -41,6 +41,11 @@ def _images(kind: str, uint8_images) -> jax.Array:
     return x
 
 
+def _no_text(n: int) -> jax.Array:
+    """A placeholder text embedding: the auxiliary heads read the image alone."""
+    return jnp.zeros((n, 8))
+
+
 def probe(kind: str, data_config, steps: int, every: int, batch_size: int, lr: float, ch: int):
     """Trains one classifier; returns [(step, seconds, per-field accuracies)]."""
     size = int(data_config.image_size)
@@ -52,16 +57,16 @@ def probe(kind: str, data_config, steps: int, every: int, batch_size: int, lr: f
         split="test", image_size=size, seed=int(data_config.seed), parse_labels=True
     )
     test = next(make_batch_iterator(test_source, batch_size=512, seed=1, num_threads=0))
-    no_text = jnp.zeros((batch_size, 8))
     first = next(train)
-    params = d.init(jax.random.key(0), _images(kind, first["image"]), no_text)["params"]
+    params = d.init(jax.random.key(0), _images(kind, first["image"]), _no_text(batch_size))
+    params = params["params"]
     tx = optax.adam(lr, 0.5, 0.999)
     opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state, images, labels):
         def loss_fn(p):
-            _, aux = d.apply({"params": p}, _images(kind, images), no_text)
+            _, aux = d.apply({"params": p}, _images(kind, images), _no_text(len(images)))
             return parse_loss(aux, labels)[0]
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -70,7 +75,7 @@ def probe(kind: str, data_config, steps: int, every: int, batch_size: int, lr: f
 
     @jax.jit
     def accuracy(params, images, labels):
-        _, aux = d.apply({"params": params}, _images(kind, images), jnp.zeros((512, 8)))
+        _, aux = d.apply({"params": params}, _images(kind, images), _no_text(len(images)))
         return jnp.stack([jnp.mean(jnp.argmax(a, -1) == labels[:, i]) for i, a in enumerate(aux)])
 
     rows, start = [], time.perf_counter()

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgen.data.shapes import PARSE_CLASSES
 from jaxgen.evaluation import judges
 from jaxgen.models.clip import CLIP, TextTower
 from jaxgen.models.gan import D_NORMS, G_NORMS, Discriminator, Generator, InverseNetwork
@@ -217,8 +218,6 @@ class GANINTCLSPipeline(Pipeline):
         d_norm = str(mc.get("d_norm", "channel"))
         if d_norm not in D_NORMS:
             raise ValueError(f"Unknown model.d_norm {d_norm!r}; valid: {', '.join(D_NORMS)}.")
-        from jaxgen.data.shapes import PARSE_CLASSES
-
         aux_classes = PARSE_CLASSES if self.aux_weight > 0 else ()
         self.D = Discriminator(
             self.size,
