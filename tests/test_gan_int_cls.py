@@ -121,6 +121,13 @@ def test_generator_norms_by_hand():
         _g_norm("instance", 8, jnp.float32, "n")
 
 
+def _text_projection(params, text_emb):
+    """``TextProjection`` (dense, leaky ReLU 0.2) in float64 numpy, from a network's params."""
+    dense = params["text_proj"]["dense"]
+    h = np.asarray(text_emb, np.float64) @ np.asarray(dense["kernel"]) + np.asarray(dense["bias"])
+    return np.where(h > 0, h, 0.2 * h)
+
+
 def test_conditional_generator_norm_by_hand():
     g = Generator(8, ch=4, text_dim=6, norm="none", conditional=True)
     z = jax.random.normal(jax.random.key(1), (2, 5))
@@ -140,9 +147,7 @@ def test_conditional_generator_norm_by_hand():
     kernel = np.concatenate([np.zeros((c, width)), k_beta], axis=1)
     bias = np.concatenate([-np.ones(width), b_beta])
     p = {**p, "norm_out_cond": {"kernel": kernel, "bias": bias}}
-    tp = np.asarray(t, np.float64) @ p["text_proj"]["dense"]["kernel"]
-    tp = tp + p["text_proj"]["dense"]["bias"]
-    tp = np.where(tp > 0, tp, 0.2 * tp)
+    tp = _text_projection(p, t)
     beta = np.maximum(np.concatenate([np.asarray(z), tp], axis=1) @ k_beta + b_beta, 0.0)
     rgb = np.einsum("c,yxco->o", beta[0], p["to_rgb"]["kernel"]) + p["to_rgb"]["bias"]
     got = np.asarray(g.apply({"params": p}, z, t))
@@ -209,9 +214,7 @@ def test_projection_discriminator_adds_the_text_image_inner_product():
     # The term by hand: the image's 4x4 map (D's downsampler, run apart) averaged over
     # positions, dotted with the projection of the projected text.
     h = np.asarray(_Downsampler(16, 8, name="down").apply({"params": p["down"]}, x))
-    tp = np.asarray(t) @ np.asarray(p["text_proj"]["dense"]["kernel"])
-    tp = tp + np.asarray(p["text_proj"]["dense"]["bias"])
-    tp = np.where(tp > 0, tp, 0.2 * tp)
+    tp = _text_projection(p, t)
     w = tp @ np.asarray(p["projection"]["kernel"]) + np.asarray(p["projection"]["bias"])
     want = np.sum(h.mean(axis=(1, 2)) * w, axis=-1)
     plain = Discriminator(16, 8, 16).apply(
