@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # Measured at 900 steps, 2 blocks: more pairs drawn as one shape, the relation no
             # better (README).
             text_adapter_depth=0,
+            # Each field of the caption's parse (the frozen CLIP's parse heads) as one more
+            # cross-attention token and a time-embedding term (UNet.parse_classes); shapes only.
+            parse_tokens=False,
         )
     )
     # Causal: the text settings of the CLIP it loads (clip.py:parse, below).

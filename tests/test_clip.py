@@ -602,6 +602,66 @@ def test_parse_heads_read_the_pooled_text_state():
     assert len(plain.apply(plain.init(jax.random.key(0), images, tokens), images, tokens)) == 3
 
 
+def test_load_parse_heads_keeps_the_heads_and_checks_them(clip_workdir, monkeypatch):
+    from jaxgen.pipelines import clip as clip_lib
+
+    with pytest.raises(ValueError, match="no parse heads"):
+        clip_lib.load_parse_heads(clip_workdir)  # clip.py:smoke trains none
+    head = {"kernel": np.ones((4, 3)), "bias": np.zeros(3)}
+    params = {"text": {}, "image": {}, "logit_scale": 1.0, "parse_0": head, "parse_1": head}
+    monkeypatch.setattr(clip_lib, "load_clip_params", lambda *a, **k: (params, None))
+    heads = clip_lib.load_parse_heads("run")
+    assert sorted(heads) == ["parse_0", "parse_1"] and heads["parse_1"] is head
+    with pytest.raises(ValueError, match="2 fields"):
+        clip_lib.load_parse_heads("run", like={"parse_0": head})
+
+
+def test_ddpm_parse_tokens_keep_the_loaded_heads_frozen(clip_workdir, monkeypatch):
+    """model.unet.parse_tokens: the parse heads load with the CLIP text encoder and stay as
+    they are while the tokens' own layers train; runs without a CLIP or a parse are refused."""
+    from jaxgen.config import load_experiment
+    from jaxgen.pipelines import clip as clip_lib
+    from jaxgen.pipelines.ddpm import DDPMPipeline
+
+    config = load_experiment("experiments/ddpm.py:smoke")
+    config.model.text_init = str(clip_workdir)
+    config.model.text.causal = False  # clip.py:smoke's attention
+    config.model.freeze_text = True  # as the default; the smoke trains its encoder
+    config.model.unet.parse_tokens = True
+    config.train.warmup_steps = 0
+    pipeline = DDPMPipeline(config)
+    size, length = config.data.image_size, config.data.max_text_len
+    captions = ["a small red circle left of a large blue square", "a large green triangle"]
+    batch = {
+        "image": np.zeros((2, size, size, 3), np.uint8),
+        "tokens": np.stack([encode(c, length) for c in captions]),
+    }
+    state = pipeline.init(jax.random.key(0), batch)
+    # Every zero-initialised layer (the attention's output, conv_out) made non-zero, so that one
+    # step's gradient reaches the tokens.
+    noisy = jax.tree.map(
+        lambda p: p + 0.05 * np.cos(np.arange(p.size).reshape(p.shape)), state.params
+    )
+    state = state.replace(params=noisy)
+    # Stand-in heads (clip.py:smoke has none); load_parse_heads itself is tested above.
+    heads = jax.tree.map(lambda p: np.full(p.shape, 0.5, p.dtype), noisy["unet"]["text_parse"])
+    monkeypatch.setattr(clip_lib, "load_parse_heads", lambda workdir, like: heads)
+    state = pipeline.warm_start(state)
+    chex.assert_trees_all_close(state.params["unet"]["text_parse"], heads, rtol=0, atol=0)
+    new, _ = jax.jit(pipeline.train_step)(state, batch, jax.random.key(1))
+    chex.assert_trees_all_close(new.params["unet"]["text_parse"], heads, rtol=0, atol=0)
+    old_token = state.params["unet"]["parse_token_0"]["kernel"]
+    assert not np.allclose(new.params["unet"]["parse_token_0"]["kernel"], old_token)
+
+    config.model.text_init = ""
+    with pytest.raises(ValueError, match="parse heads of a CLIP run"):
+        DDPMPipeline(config)
+    digits = load_experiment("experiments/ddpm.py:digits,smoke")
+    digits.model.unet.parse_tokens = True
+    with pytest.raises(ValueError, match="data.name='shapes'"):
+        DDPMPipeline(digits)
+
+
 def test_parse_loss_matches_numpy():
     from jaxgen.pipelines.clip import parse_loss
 

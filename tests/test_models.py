@@ -19,7 +19,13 @@ from jaxgen.models.layers import (
     upsample_nearest,
 )
 from jaxgen.models.text_encoder import BOS_ID, EOS_ID, PAD_ID, TextEncoder
-from jaxgen.models.unet import AttnBlock, UNet, coordinate_channels, relative_offset_index
+from jaxgen.models.unet import (
+    AttnBlock,
+    TextParse,
+    UNet,
+    coordinate_channels,
+    relative_offset_index,
+)
 
 TINY_TEXT = dict(max_len=16, width=32, depth=1, num_heads=2)
 
@@ -420,6 +426,49 @@ def test_unet_text_adapter_feeds_cross_attention_and_time_embedding():
     # ... and, with that projection cut, the cross-attention (here through the position
     # embedding, which only the adapter's output carries).
     assert not np.allclose(fwd(no_proj), fwd(zeroed(no_proj, "text_adapter_pos")), atol=1e-4)
+
+
+def test_unet_parse_tokens_feed_cross_attention_and_time_embedding():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    t = jnp.array([3, 500])
+    tokens = jnp.asarray(np.stack([encode("a red circle", 16), encode("a blue square", 16)]))
+    model = tiny_unet(parse_classes=(3, 5))
+    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
+    params = perturb(params, jax.random.key(2))
+    width = TINY_TEXT["width"]
+    chex.assert_shape(
+        [params["text_parse"]["parse_0"]["kernel"], params["text_parse"]["parse_1"]["kernel"]],
+        [(width, 3), (width, 5)],
+    )
+    chex.assert_shape(
+        [params["parse_token_0"]["kernel"], params["parse_token_1"]["kernel"]],
+        [(3, width), (5, width)],
+    )
+    chex.assert_shape(params["parse_proj"]["kernel"], (3 + 5, 4 * 16))
+    assert not any(
+        k.startswith("parse") or k == "text_parse"
+        for k in tiny_unet().init(jax.random.key(1), x, t, tokens)["params"]
+    )
+    # The heads are linear maps of the encoder's pooled state, as CLIP's (numpy by hand).
+    _, pooled, _ = TextEncoder(**TINY_TEXT).apply({"params": params["text_encoder"]}, tokens)
+    logits = TextParse((3, 5)).apply({"params": params["text_parse"]}, pooled)
+    for i, lg in enumerate(logits):
+        head = jax.tree.map(np.asarray, params["text_parse"][f"parse_{i}"])
+        want = np.asarray(pooled, np.float64) @ head["kernel"] + head["bias"]
+        np.testing.assert_allclose(lg, want, rtol=1e-5, atol=1e-5)
+    fwd = jax.jit(lambda p: model.apply({"params": p}, x, t, tokens))
+    out = fwd(params)
+    chex.assert_shape(out, (2, 16, 16, 3))
+
+    def zeroed(p, *names):
+        return dict(p, **{n: jax.tree.map(jnp.zeros_like, p[n]) for n in names})
+
+    # Both paths are wired: the probabilities' projection into the time embedding ...
+    no_proj = zeroed(params, "parse_proj")
+    assert not np.allclose(out, fwd(no_proj), atol=1e-4)
+    # ... and, with that cut, the tokens the cross-attention reads.
+    cut = zeroed(no_proj, "parse_token_0", "parse_token_1")
+    assert not np.allclose(fwd(no_proj), fwd(cut), atol=1e-4)
 
 
 def test_unet_requires_tokens_when_conditional():

@@ -118,6 +118,20 @@ class AttnBlock(nn.Module):
     dtype: Dtype = jnp.float32
     rel_pos_bias: bool = False
 
+    def _parse_tokens(self, pooled, context, mask):
+        """``parse_classes``' tokens appended to ``context`` ``[B, L, W]`` and ``mask``, and the
+        fields' class probabilities concatenated, ``[B, sum(parse_classes)]``."""
+        logits = TextParse(tuple(self.parse_classes), name="text_parse")(pooled)
+        probs = [jax.nn.softmax(lg).astype(self.dtype) for lg in logits]
+        width = context.shape[-1]
+        tokens = jnp.stack(
+            [dense(width, self.dtype, name=f"parse_token_{i}")(p) for i, p in enumerate(probs)],
+            axis=1,
+        ).astype(context.dtype)
+        context = jnp.concatenate([context, tokens], axis=1)
+        mask = jnp.concatenate([mask, jnp.ones(tokens.shape[:2], mask.dtype)], axis=1)
+        return context, mask, jnp.concatenate(probs, axis=-1)
+
     @nn.compact
     def __call__(
         self,
@@ -169,6 +183,19 @@ def relative_offset_index(height: int, width: int) -> np.ndarray:
     return dy * (2 * width - 1) + dx
 
 
+class TextParse(nn.Module):
+    """One linear head per field of a caption's parse over a text encoder's pooled state, named
+    as CLIP's (``parse_0``, ``parse_1`` ...) so that a CLIP run's trained heads load as they
+    are. Returns a tuple of float32 ``[B, k]`` logits, one per entry k of ``classes``."""
+
+    classes: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> tuple[jax.Array, ...]:
+        x = pooled.astype(jnp.float32)
+        return tuple(nn.Dense(k, name=f"parse_{i}")(x) for i, k in enumerate(self.classes))
+
+
 class UNet(nn.Module):
     """Epsilon-prediction UNet (DDPM layout, ADM options, optional text conditioning).
 
@@ -210,6 +237,15 @@ class UNet(nn.Module):
         when the text encoder is frozen, so the denoising loss itself can teach the text states
         what a frozen CLIP left out (which object a colour belongs to, which comes first).
         0 = off.
+      parse_classes: the class count of each field of a caption's parse (``shapes.PARSE_FIELDS``:
+        the left or upper object's colour, shape and size, the other object's, the axis). When
+        set, linear heads on the text encoder's pooled state (``params["text_parse"]``, the
+        parse heads of a CLIP trained with ``clip.py:parse``, loaded and frozen with the
+        encoder) read each field's class probabilities; each field's probabilities become one
+        more cross-attention token (a dense layer per field) and, concatenated, one more
+        projection added to the time embedding. The parse lists the objects in spatial order,
+        so a pixel need not work out from the words which object the relation puts on its
+        side: the left object is always the first field's. () = off.
     """
 
     ch: int = 64
@@ -230,6 +266,7 @@ class UNet(nn.Module):
     coord_channels: bool = False
     text_adapter_depth: int = 0
     rel_pos_bias: bool = False
+    parse_classes: Sequence[int] = ()
 
     def _adapt_text(self, context: jax.Array, mask: jax.Array) -> jax.Array:
         """``text_adapter_depth`` blocks over ``[B, L, W]`` token states (see the attribute)."""
@@ -240,6 +277,20 @@ class UNet(nn.Module):
         for i in range(self.text_adapter_depth):
             h = EncoderBlock(heads, dtype=self.dtype, name=f"text_adapter_{i}")(h, mask)
         return nn.LayerNorm(dtype=self.dtype, name="text_adapter_ln")(h)
+
+    def _parse_tokens(self, pooled, context, mask):
+        """``parse_classes``' tokens appended to ``context`` ``[B, L, W]`` and ``mask``, and the
+        fields' class probabilities concatenated, ``[B, sum(parse_classes)]``."""
+        logits = TextParse(tuple(self.parse_classes), name="text_parse")(pooled)
+        probs = [jax.nn.softmax(lg).astype(self.dtype) for lg in logits]
+        width = context.shape[-1]
+        tokens = jnp.stack(
+            [dense(width, self.dtype, name=f"parse_token_{i}")(p) for i, p in enumerate(probs)],
+            axis=1,
+        ).astype(context.dtype)
+        context = jnp.concatenate([context, tokens], axis=1)
+        mask = jnp.concatenate([mask, jnp.ones(tokens.shape[:2], mask.dtype)], axis=1)
+        return context, mask, jnp.concatenate(probs, axis=-1)
 
     @nn.compact
     def __call__(
@@ -291,6 +342,9 @@ class UNet(nn.Module):
                 context = self._adapt_text(context, context_mask)
                 adapted = masked_mean(context, context_mask)
                 emb = emb + dense(emb_dim, self.dtype, name="text_adapter_proj")(adapted)
+            if self.parse_classes:
+                context, context_mask, parse = self._parse_tokens(pooled, context, context_mask)
+                emb = emb + dense(emb_dim, self.dtype, name="parse_proj")(parse)
         cross = set(self.cross_attn_resolutions) if context is not None else set()
         # Every res block applies SiLU then its own projection; compute the SiLU once.
         emb = nn.silu(emb)

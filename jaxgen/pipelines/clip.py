@@ -326,6 +326,29 @@ def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, obj
     return params["text"], config
 
 
+def load_parse_heads(workdir: str, like=None) -> dict:
+    """The (EMA) parse heads of a CLIP run trained with ``model.parse_weight > 0``
+    (``clip.py:parse``), ``{"parse_0": ..., ...}`` as numpy arrays, for ``unet.TextParse``.
+
+    Args:
+      workdir: a directory written by training ``experiments/clip.py``.
+      like: optional parameter tree the result must match (structure and shapes).
+    """
+    params, _ = load_clip_params(workdir, "parse heads")
+    heads = {k: v for k, v in params.items() if k.startswith("parse_")}
+    if not heads:
+        raise ValueError(
+            f"The CLIP run in {workdir} has no parse heads: train it with "
+            "experiments/clip.py:parse (model.parse_weight > 0)."
+        )
+    if like is not None and jax.tree.map(np.shape, like) != jax.tree.map(np.shape, heads):
+        raise ValueError(
+            f"The parse heads of {workdir} ({len(heads)} fields) do not have the shape this "
+            f"model asks for ({len(like)} fields): train CLIP on the same dataset."
+        )
+    return heads
+
+
 def load_text_encoder(workdir: str, like=None, causal: bool | None = None):
     """The (EMA) ``TextEncoder`` parameters of a trained CLIP workdir, as numpy arrays.
 

@@ -58,7 +58,14 @@ class DDPMPipeline(Pipeline):
         text = None
         if mc.get("text") is not None:
             text = TextEncoder(max_len=self.max_text_len, dtype=dtype, **mc.text.to_dict())
-        self.model = UNet(**mc.unet.to_dict(), text_encoder=text, dtype=dtype)
+        unet = mc.unet.to_dict()
+        parse_tokens = bool(unet.pop("parse_tokens", False))
+        self.model = UNet(
+            **unet,
+            text_encoder=text,
+            parse_classes=self._parse_classes(config) if parse_tokens else (),
+            dtype=dtype,
+        )
         self.conditional = text is not None
         if not 0.0 <= float(dc.cond_drop_prob) < 1.0:
             raise ValueError(
@@ -90,6 +97,25 @@ class DDPMPipeline(Pipeline):
             raise ValueError(
                 "model.text_init / model.freeze_text need a text encoder (model.text)."
             )
+        if parse_tokens and not self.text_init:
+            raise ValueError(
+                "model.unet.parse_tokens reads the parse heads of a CLIP run: set "
+                "model.text_init to one trained with experiments/clip.py:parse (or "
+                "'pretrain:clip' with pretrain.clip='clip:joint,parse')."
+            )
+        # The text encoder's frozen parameters, and the parse heads loaded with it.
+        self.frozen = ("text_encoder", "text_parse") if parse_tokens else ("text_encoder",)
+
+    @staticmethod
+    def _parse_classes(config) -> tuple[int, ...]:
+        if config.data.name != "shapes" or config.model.get("text") is None:
+            raise ValueError(
+                "model.unet.parse_tokens needs captions with a parse (data.name='shapes') and a "
+                f"text encoder (model.text); got data.name={config.data.name!r}."
+            )
+        from jaxgen.data.shapes import PARSE_CLASSES
+
+        return PARSE_CLASSES
 
     # -- training -------------------------------------------------------------------------
     def init(self, rng, example_batch):
@@ -105,16 +131,19 @@ class DDPMPipeline(Pipeline):
         )
 
     def warm_start(self, state):
-        """Loads the text encoder of the CLIP run at ``model.text_init`` (if set)."""
+        """Loads the text encoder of the CLIP run at ``model.text_init`` (if set), and with
+        ``model.unet.parse_tokens`` its parse heads."""
         if not self.text_init:
             return state
-        from jaxgen.pipelines.clip import load_text_encoder
+        from jaxgen.pipelines.clip import load_parse_heads, load_text_encoder
 
         params = dict(state.params["unet"])
         causal = bool(self.config.model.text.get("causal", False))
         params["text_encoder"] = load_text_encoder(
             self.text_init, like=params["text_encoder"], causal=causal
         )
+        if "text_parse" in params:
+            params["text_parse"] = load_parse_heads(self.text_init, like=params["text_parse"])
         return state.replace(params={"unet": params}, ema_params={"unet": params})
 
     def train_step(self, state, batch, rng):
@@ -149,7 +178,8 @@ class DDPMPipeline(Pipeline):
         params = state.params["unet"]
         if self.freeze_text:
             # A pretrained (CLIP) text encoder stays as it is: no gradient, so Adam leaves it.
-            loss_fn = _with_frozen(loss_fn, "text_encoder")
+            for name in self.frozen:
+                loss_fn = _with_frozen(loss_fn, name)
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = self.tx.update(grads, state.opt_state["unet"], params)
         if self.conditional and not self.freeze_text and self.text_lr_scale != 1.0:
