@@ -141,6 +141,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 0.92, shape 0.50 / 0.52 / 0.57 / 0.57, relation 0.40 / 0.49 / 0.51 / 0.46.
     config.sample.guidance_scale = 5.0
     config.sample.batch_size = 64
+    # Candidates per prompt re-ranked by CLIP (Pipeline.rerank, as DALL-E re-ranks): the sample
+    # whose CLIP embedding is nearest the prompt's is kept; 1 = off. The CLIP is
+    # sample.rerank_clip, or eval.clip_workdir when that is empty: here the caption-parsing CLIP
+    # whose text encoder the UNet reads, which tells left from right (zero-shot relation 0.998).
+    # Measured on the default run's last checkpoint, 256 prompts per split (README): test
+    # relation 0.854 with 4 against 0.408 alone, shape 0.943 against 0.915, at 4x the sampling.
+    config.sample.rerank = 4
+    config.sample.rerank_clip = ""
     config.sample.num = 36
     config.sample.every_steps = 500
 
@@ -160,6 +168,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # available: --config.model.text_init=pretrain:clip --config.eval.clip_workdir=...
         config.model.text_init = config.eval.clip_workdir = ""
         config.model.freeze_text = False
+        config.sample.rerank = 1  # no CLIP to re-rank with
     if dataset == "digits":
         config.pretrain.clip = "clip:digits"
         # The digits are 8x8 originals: 16x16 loses nothing and costs a quarter of 32x32.

@@ -23,10 +23,12 @@ class TrainedModel:
         self.step, self.workdir = step, workdir
 
     def generate(self, prompts: Sequence[str] | str, seed: int = 0, **options) -> np.ndarray:
-        """One image per prompt: uint8 ``[N, H, W, 3]``. Options go to the pipeline's sampler."""
+        """One image per prompt: uint8 ``[N, H, W, 3]``. Options go to the pipeline's sampler;
+        ``candidates=k`` keeps the best of k samples per prompt by CLIP (``Pipeline.rerank``;
+        default ``config.sample.rerank``)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        return self.pipeline.generate(self.state, list(prompts), jax.random.key(seed), **options)
+        return self.pipeline.rerank(self.state, list(prompts), jax.random.key(seed), **options)
 
     def embed_texts(self, texts: Sequence[str] | str) -> np.ndarray:
         """Unit-norm text embeddings ``[N, D]`` (pipelines with a joint embedding, e.g. CLIP)."""

@@ -16,6 +16,7 @@ from jaxgen.data import shapes
 from jaxgen.data.tokenizer import encode
 from jaxgen.evaluation import clip_metrics
 from jaxgen.models.clip import CLIP, ImageEncoder, spatial_moments
+from jaxgen.pipelines.base import Pipeline
 from jaxgen.pipelines.clip import contrastive_loss, image_colour
 
 
@@ -90,6 +91,78 @@ def test_clip_score_and_r_precision_by_hand():
     # Image 0: true 0.6 beats distractors (0.5, 0.0); image 1: true 0.0 loses to 0.3.
     dis = np.array([[[0.5, 0.866], [0.0, 1.0]], [[0.0, 0.3], [1.0, 0.0]]])
     assert clip_metrics.r_precision(img, txt, dis) == pytest.approx(0.5)
+
+
+def test_best_candidates_by_hand():
+    txt = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # Prompt 0's candidates have cosines 0.6, 0.8, 0.8 (a tie: the first wins); prompt 1's
+    # -1, 0, 0.6.
+    img = np.array([[[0.6, 0.8], [0.0, -1.0]], [[0.8, 0.6], [1.0, 0.0]], [[0.8, -0.6], [0.8, 0.6]]])
+    np.testing.assert_array_equal(clip_metrics.best_candidates(img, txt), [1, 2])
+    with pytest.raises(ValueError, match=r"\[K, N, D\]"):
+        clip_metrics.best_candidates(img[:, :1], txt)
+
+
+class _CountingPipeline(Pipeline):
+    """Image v of a ``generate`` call is filled with v; records each call's prompts."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.calls = []
+
+    def init(self, rng, example_batch):
+        return None
+
+    def train_step(self, state, batch, rng):
+        return state, {}
+
+    def generate(self, state, prompts, rng, **options):
+        self.calls.append((list(prompts), options))
+        return np.arange(len(prompts), dtype=np.uint8)[:, None, None, None] * np.ones(
+            (1, 2, 2, 3), np.uint8
+        )
+
+
+def test_rerank_keeps_the_candidate_nearest_each_prompt(monkeypatch):
+    # Two prompts, three candidates each: candidate j of prompt i is image j * 2 + i. The
+    # stand-in CLIP puts prompt i on axis i and leans each image away from it by an angle that
+    # is smallest for candidate 2 of prompt 0 and candidate 1 of prompt 1.
+    lean = {0: 1.0, 2: 0.5, 4: 0.1, 1: 1.0, 3: 0.2, 5: 0.7}
+
+    class Embedder:
+        def embed_texts(self, texts):
+            return np.eye(3)[[int(t[1]) for t in texts]]
+
+        def embed_images(self, images):
+            v = images[:, 0, 0, 0].astype(int)
+            emb = np.eye(3)[v % 2] + np.array([lean[x] for x in v])[:, None] * np.eye(3)[2]
+            return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+    loaded = []
+    monkeypatch.setattr(
+        clip_metrics, "load_embedder", lambda path: loaded.append(path) or Embedder()
+    )
+    config = ml_collections.ConfigDict(
+        {"sample": {"rerank": 3, "rerank_clip": ""}, "eval": {"clip_workdir": "runs/clip"}}
+    )
+    pipeline = _CountingPipeline(config)
+    out = pipeline.rerank(None, ["p0", "p1"], jax.random.key(0), num_steps=7)
+    np.testing.assert_array_equal(out[:, 0, 0, 0], [4, 3])
+    assert out.shape == (2, 2, 2, 3) and out.dtype == np.uint8
+    # One generate call for all candidates, the options passed on; eval's CLIP by default.
+    assert pipeline.calls == [(["p0", "p1"] * 3, {"num_steps": 7})] and loaded == ["runs/clip"]
+    config.sample.rerank_clip = "runs/other"
+    pipeline.rerank(None, ["p0", "p1"], jax.random.key(0))
+    assert loaded[-1] == "runs/other"
+    # One candidate is generate alone (no CLIP needed); the argument beats the config.
+    config.sample.rerank_clip, config.eval.clip_workdir = "", ""
+    np.testing.assert_array_equal(
+        pipeline.rerank(None, ["p0", "p1"], jax.random.key(0), candidates=1)[:, 0, 0, 0], [0, 1]
+    )
+    with pytest.raises(ValueError, match="needs a trained CLIP"):
+        pipeline.rerank(None, ["p0"], jax.random.key(0))
+    with pytest.raises(ValueError, match="at least 1 candidate"):
+        pipeline.rerank(None, ["p0"], jax.random.key(0), candidates=0)
 
 
 def test_distractors_have_other_content():
@@ -505,6 +578,7 @@ def test_ddpm_takes_a_frozen_clip_text_encoder(clip_workdir, tmp_path):
         "--config.model.freeze_text=True",
         "--config.train.steps=4",
         f"--config.eval.clip_workdir={clip_workdir}",
+        "--config.sample.rerank=2",  # the evaluation re-ranks with that CLIP
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = jaxgen.load(workdir).state.params["unet"]["text_encoder"]

@@ -52,6 +52,26 @@ def recall_at_k(
     return {int(k): float(hits[:, : int(k)].any(axis=1).mean()) for k in ks}
 
 
+def best_candidates(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+    """For each prompt, the candidate image nearest its text: DALL-E's re-ranking by CLIP.
+
+    Args:
+      image_emb: ``[K, N, D]`` unit embeddings of K candidate images for each of N prompts.
+      text_emb: ``[N, D]`` unit embeddings of the prompts.
+
+    Returns:
+      int ``[N]``: for each prompt, the index k of its candidate with the highest cosine (the
+      first on a tie).
+    """
+    image_emb, text_emb = np.asarray(image_emb), np.asarray(text_emb)
+    if image_emb.ndim != 3 or image_emb.shape[1:] != text_emb.shape:
+        raise ValueError(
+            f"image_emb must be [K, N, D] for text_emb [N, D]; got {image_emb.shape} and "
+            f"{text_emb.shape}."
+        )
+    return np.argmax(np.sum(image_emb * text_emb[None], axis=-1), axis=0)
+
+
 def clip_score(image_emb: np.ndarray, text_emb: np.ndarray) -> float:
     """Mean over pairs of ``100 * max(cos(image_i, text_i), 0)`` (the torchmetrics definition)."""
     cos = np.sum(np.asarray(image_emb) * np.asarray(text_emb), axis=-1)

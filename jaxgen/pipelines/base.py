@@ -41,6 +41,48 @@ class Pipeline(abc.ABC):
     def generate(self, state: Any, prompts: Sequence[str], rng: jax.Array, **options) -> np.ndarray:
         """Samples one image per prompt. Returns uint8 ``[len(prompts), H, W, 3]``."""
 
+    def rerank(
+        self,
+        state: Any,
+        prompts: Sequence[str],
+        rng: jax.Array,
+        *,
+        candidates: int | None = None,
+        **options,
+    ) -> np.ndarray:
+        """``generate``, re-ranked by CLIP as DALL-E re-ranks its samples: draws ``candidates``
+        images per prompt (default ``config.sample.rerank``; 1 = ``generate`` alone) and keeps
+        the one whose embedding under the CLIP run at ``config.sample.rerank_clip`` (or, when
+        that is empty, ``config.eval.clip_workdir``) is nearest the prompt's. Costs
+        ``candidates`` times the sampling; ``options`` go to ``generate``.
+        Returns uint8 ``[len(prompts), H, W, 3]``."""
+        sample = self.config.get("sample", {})
+        k = int(sample.get("rerank", 1) if candidates is None else candidates)
+        if k < 1:
+            raise ValueError(f"Re-ranking needs at least 1 candidate per prompt, got {k}.")
+        if k == 1:
+            return self.generate(state, prompts, rng, **options)
+        from jaxgen.evaluation import clip_metrics
+
+        path = str(sample.get("rerank_clip", "") or "")
+        path = path or str(self.config.get("eval", {}).get("clip_workdir", "") or "")
+        if not path:
+            raise ValueError(
+                f"Re-ranking {k} candidates per prompt needs a trained CLIP: set "
+                "--config.sample.rerank_clip (or eval.clip_workdir) to a CLIP workdir."
+            )
+        embedder = clip_metrics.load_embedder(path)
+        prompts = list(prompts)
+        n = len(prompts)
+        # Candidate j of prompt i sits at j * n + i: one call, one compiled batch shape.
+        images = np.asarray(self.generate(state, prompts * k, rng, **options))
+        images = images.reshape(k, n, *images.shape[1:])
+        img = np.asarray(embedder.embed_images(images.reshape(k * n, *images.shape[2:])))
+        best = clip_metrics.best_candidates(
+            img.reshape(k, n, -1), np.asarray(embedder.embed_texts(prompts))
+        )
+        return images[best, np.arange(n)]
+
     def warm_start(self, state: Any) -> Any:
         """Called once on a fresh run (not on resume) to load pretrained weights into the new
         state, e.g. a CLIP text encoder; returns the state unchanged by default."""

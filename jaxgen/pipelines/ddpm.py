@@ -302,7 +302,7 @@ class DDPMPipeline(Pipeline):
         return [
             functools.partial(
                 judges.evaluate_generator,
-                self.generate,
+                self.rerank,
                 self.judge,
                 splits=tuple(ec.splits),
                 num_samples=int(ec.num_samples),

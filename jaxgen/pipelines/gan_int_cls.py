@@ -540,7 +540,7 @@ class GANINTCLSPipeline(Pipeline):
                 0,
                 functools.partial(
                     judges.evaluate_generator,
-                    self.generate,
+                    self.rerank,
                     self.judge,
                     splits=tuple(ec.splits),
                     num_samples=int(ec.num_samples),
