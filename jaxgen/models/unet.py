@@ -118,20 +118,6 @@ class AttnBlock(nn.Module):
     dtype: Dtype = jnp.float32
     rel_pos_bias: bool = False
 
-    def _parse_tokens(self, pooled, context, mask):
-        """``parse_classes``' tokens appended to ``context`` ``[B, L, W]`` and ``mask``, and the
-        fields' class probabilities concatenated, ``[B, sum(parse_classes)]``."""
-        logits = TextParse(tuple(self.parse_classes), name="text_parse")(pooled)
-        probs = [jax.nn.softmax(lg).astype(self.dtype) for lg in logits]
-        width = context.shape[-1]
-        tokens = jnp.stack(
-            [dense(width, self.dtype, name=f"parse_token_{i}")(p) for i, p in enumerate(probs)],
-            axis=1,
-        ).astype(context.dtype)
-        context = jnp.concatenate([context, tokens], axis=1)
-        mask = jnp.concatenate([mask, jnp.ones(tokens.shape[:2], mask.dtype)], axis=1)
-        return context, mask, jnp.concatenate(probs, axis=-1)
-
     @nn.compact
     def __call__(
         self,
