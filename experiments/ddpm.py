@@ -59,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             text_adapter_depth=0,
             # Each field of the caption's parse (the frozen CLIP's parse heads) as one more
             # cross-attention token and a time-embedding term (UNet.parse_classes); shapes only.
+            # Measured over the full 2,400 steps (README): test relation 0.423 against 0.408,
+            # shape 0.938 against 0.915, within noise.
             parse_tokens=False,
         )
     )
