@@ -27,7 +27,7 @@ from jaxgen.config import load_experiment
 from jaxgen.data import build_source
 from jaxgen.data.pipeline import make_batch_iterator
 from jaxgen.data.shapes import PARSE_CLASSES, PARSE_FIELDS, ShapesSource
-from jaxgen.models.gan import Discriminator
+from jaxgen.models.gan import Discriminator, silhouette
 from jaxgen.pipelines.clip import parse_loss
 from jaxgen.pipelines.ddpm import to_model_space
 
@@ -37,7 +37,7 @@ INPUTS = ("rgb", "rgb+silhouette", "silhouette")
 def _images(kind: str, uint8_images) -> jax.Array:
     x = to_model_space(jnp.asarray(uint8_images))
     if kind == "silhouette":
-        return jnp.repeat(jnp.max(x, axis=-1, keepdims=True), 3, axis=-1)
+        return jnp.repeat(silhouette(x), 3, axis=-1)
     return x
 
 

@@ -170,6 +170,12 @@ def _d_norm(kind: str, dtype: Dtype, name: str):
     raise ValueError(f"Unknown discriminator norm {kind!r}; valid: {', '.join(D_NORMS)}.")
 
 
+def silhouette(images: jax.Array) -> jax.Array:
+    """Each pixel's brightest channel, ``[B, H, W, 1]``: a colour-blind silhouette of the
+    ``shapes`` objects on their black background."""
+    return jnp.max(images, axis=-1, keepdims=True)
+
+
 class _Downsampler(nn.Module):
     """Strided 4x4 convs from the image down to 4x4, leaky ReLU, ``norm`` after the first."""
 
@@ -233,9 +239,8 @@ class Discriminator(nn.Module):
         class logits."""
         h = _Downsampler(self.image_size, self.ch, self.norm, self.dtype, name="down")(images)
         if self.silhouette:
-            sil = jnp.max(images, axis=-1, keepdims=True)
             down = _Downsampler(self.image_size, self.ch, self.norm, self.dtype, name="down_sil")
-            h = jnp.concatenate([h, down(sil)], axis=-1)
+            h = jnp.concatenate([h, down(silhouette(images))], axis=-1)
         flat = h.reshape(h.shape[0], -1)
         aux = tuple(
             nn.Dense(k, dtype=self.dtype, name=f"aux_{i}")(flat).astype(jnp.float32)

@@ -76,12 +76,9 @@ class Pipeline(abc.ABC):
         n = len(prompts)
         # Candidate j of prompt i sits at j * n + i: one call, one compiled batch shape.
         images = np.asarray(self.generate(state, prompts * k, rng, **options))
-        images = images.reshape(k, n, *images.shape[1:])
-        img = np.asarray(embedder.embed_images(images.reshape(k * n, *images.shape[2:])))
-        best = clip_metrics.best_candidates(
-            img.reshape(k, n, -1), np.asarray(embedder.embed_texts(prompts))
-        )
-        return images[best, np.arange(n)]
+        img = np.asarray(embedder.embed_images(images)).reshape(k, n, -1)
+        best = clip_metrics.best_candidates(img, np.asarray(embedder.embed_texts(prompts)))
+        return images[best * n + np.arange(n)]
 
     def warm_start(self, state: Any) -> Any:
         """Called once on a fresh run (not on resume) to load pretrained weights into the new
