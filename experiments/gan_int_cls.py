@@ -68,6 +68,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # images' content (data.parse_labels), and G to have its samples classified as their
     # captions say; 0 turns it off.
     config.gan.aux_weight = 1.0 if aux else 0.0
+    # Weights of the conditional VAE's terms (CVAE-GAN, Bao et al. 2017; BicycleGAN's
+    # cVAE-GAN, Zhu et al. 2017): S also encodes each real image as a Gaussian q(z | x), G
+    # redraws the image from a code drawn from it and the image's caption (L1, recon_weight),
+    # and KL(q(z | x) || N(0, I)) (kl_weight) keeps the codes where sampling draws z. 0 turns
+    # it off. Measured over 20 minutes with 10 (README): no better than the default, and G's
+    # redrawings of real images from their own codes are blobs too (rec_shape 0.22).
+    config.gan.recon_weight = 0.0
+    config.gan.kl_weight = 0.01
 
     config.model = ml_collections.ConfigDict()
     config.model.dtype = "float32"
@@ -99,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # [z, projected text] (BigGAN's conditional normalisation), beside the paper's concatenation.
     # Measured at 450 updates (README): colour a little higher, shape within noise.
     config.model.g_conditional = False
+    # True: every 3x3 conv in G also reads each pixel's row and column (CoordConv). Measured at
+    # 450 updates (README): within noise of the default.
+    config.model.g_coords = False
     config.model.text_dim = 128  # the paper's projected text embedding
     # "clip": the frozen text tower of the CLIP run at text_init; "joint": trained with D's loss.
     # "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip first (~10

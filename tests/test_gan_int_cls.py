@@ -7,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import experiment_config, parse_cross_entropy, run_cli
 
@@ -28,6 +29,7 @@ from jaxgen.pipelines.gan_int_cls import (
     discriminator_loss,
     generator_loss,
     interpolate,
+    kl_to_standard_normal,
     r1_penalty,
 )
 
@@ -51,6 +53,18 @@ def test_network_shapes_and_dtypes(size):
     chex.assert_shape(logit, (2,))
     z_hat = s.apply(s.init(key, x), x)
     chex.assert_shape(z_hat, (2, 10))
+    # With coordinate channels every 3x3 conv reads two more input channels.
+    g_xy = Generator(size, ch=8, text_dim=16, coords=True)
+    params = g_xy.init(key, z, t)["params"]
+    chex.assert_shape(g_xy.apply({"params": params}, z, t), (2, size, size, 3))
+    plain = g.init(key, z, t)["params"]
+    for name in ("conv0", "to_rgb"):  # [3, 3, in, out]
+        assert params[name]["kernel"].shape[2] == plain[name]["kernel"].shape[2] + 2
+    # As a conditional VAE's encoder: a mean and a log-variance, both float32.
+    s_var = InverseNetwork(size, 8, 10, log_variance=True)
+    mean, log_var = s_var.apply(s_var.init(key, x), x)
+    chex.assert_shape([mean, log_var], (2, 10))
+    chex.assert_type([mean, log_var], jnp.float32)
 
 
 def test_generator_rejects_a_size_it_cannot_make():
@@ -299,6 +313,22 @@ def test_clip_guidance_loss_by_hand():
     )
 
 
+def test_kl_to_standard_normal_by_quadrature():
+    mean = np.array([[0.0, 1.5, -0.7], [0.3, 0.0, 2.0]])
+    log_var = np.array([[0.0, -1.0, 0.8], [-2.0, 0.5, 0.0]])
+    # Each dimension's KL(q || p) = integral of q log(q / p), by the trapezoid rule.
+    x = np.linspace(-12.0, 12.0, 200001)
+    want = 0.0
+    for m, lv in zip(mean.ravel(), log_var.ravel(), strict=True):
+        s2 = np.exp(lv)
+        log_q = -0.5 * (x - m) ** 2 / s2 - 0.5 * np.log(2 * np.pi * s2)
+        log_p = -0.5 * x**2 - 0.5 * np.log(2 * np.pi)
+        want += np.trapezoid(np.exp(log_q) * (log_q - log_p), x)
+    got = kl_to_standard_normal(jnp.asarray(mean), jnp.asarray(log_var))
+    np.testing.assert_allclose(got, want / 2, rtol=1e-5)  # summed over dims, mean over 2 rows
+    assert float(kl_to_standard_normal(jnp.zeros((1, 3)), jnp.zeros((1, 3)))) == 0.0
+
+
 def test_interpolation_path():
     t1, t2 = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 3.0]])
     np.testing.assert_allclose(interpolate(t1, t2, 1.0), t1)
@@ -342,10 +372,15 @@ def test_variants_select_the_paper_components():
 def test_a_step_trains_every_network(variant):
     # The plain GAN's D also carries the projection term (model.d_projection) and the
     # silhouette stream (model.d_silhouette), its G the conditional normalisation
-    # (model.g_conditional); they train too.
+    # (model.g_conditional) and coordinate channels (model.g_coords), and S the conditional
+    # VAE's log-variance head (gan.recon_weight); they train too.
     extra = variant == "gan"
-    options = ("model.d_projection", "model.d_silhouette", "model.g_conditional")
-    pipe, config = _pipeline(f"smoke,joint,{variant}", **dict.fromkeys(options, extra))
+    options = ("model.d_projection", "model.d_silhouette", "model.g_conditional", "model.g_coords")
+    pipe, config = _pipeline(
+        f"smoke,joint,{variant}",
+        **dict.fromkeys(options, extra),
+        **{"gan.recon_weight": 2.0 * extra},
+    )
     batch = _batch(config)
     state = pipe.init(jax.random.key(0), batch)
     assert ("projection" in state.params["D"]) == extra
@@ -357,7 +392,10 @@ def test_a_step_trains_every_network(variant):
         )
         assert max(jax.tree.leaves(moved)) > 0, (variant, name)
     if extra:
-        for path in (("D", "projection"), ("G", "norm0_cond"), ("D", "down_sil", "conv0")):
+        assert {"recon_l1", "kl"} <= set(metrics) and metrics["recon_l1"] > 0
+        assert state.params["G"]["to_rgb"]["kernel"].shape[2] == config.model.g_ch + 2
+        paths = (("D", "projection"), ("G", "norm0_cond"), ("D", "down_sil", "conv0"))
+        for path in (*paths, ("S", "fc_log_var")):
             before, after = state.params, new.params
             for key in path:
                 before, after = before[key], after[key]
@@ -449,6 +487,45 @@ def test_aux_weight_classifies_real_images_and_steers_the_generator():
         _pipeline("smoke,joint", **{"gan.aux_weight": 1.0})
     with pytest.raises(ValueError, match="aux_weight"):
         _pipeline("smoke,joint,aux", **{"gan.aux_weight": -1.0})
+
+
+def test_recon_loss_by_hand():
+    weights = {"gan.recon_weight": 3.0, "gan.kl_weight": 0.5}
+    pipe, config = _pipeline("smoke,joint,gan", **weights)
+    batch = _batch(config)
+    params = pipe.init(jax.random.key(0), batch).params
+    assert "fc_log_var" in params["S"]
+    x = jnp.asarray(batch["image"], jnp.float32) / 127.5 - 1.0
+    t = pipe.text.apply({"params": params["text"]}, jnp.asarray(batch["tokens"]))
+    key = jax.random.key(1)
+    (loss, terms), (g_grads, s_grads) = jax.value_and_grad(
+        pipe.recon_loss, argnums=(0, 1), has_aux=True
+    )(params["G"], params["S"], x, t, key)
+    # By hand: S encodes the real images, G redraws them from a code drawn from q(z | x) and
+    # their own captions.
+    mean, log_var = pipe.S.apply({"params": params["S"]}, x)
+    eps = jax.random.normal(key, mean.shape)
+    z_post = np.asarray(mean) + np.exp(0.5 * np.asarray(log_var)) * np.asarray(eps)
+    x_rec = pipe.G.apply({"params": params["G"]}, jnp.asarray(z_post), t)
+    np.testing.assert_allclose(terms["recon_l1"], np.abs(x_rec - x).mean(), rtol=1e-5)
+    m, lv = np.asarray(mean, np.float64), np.asarray(log_var, np.float64)
+    want_kl = 0.5 * np.mean(np.sum(m**2 + np.exp(lv) - 1 - lv, axis=-1))
+    np.testing.assert_allclose(terms["kl"], want_kl, rtol=1e-5)
+    np.testing.assert_allclose(loss, 3.0 * terms["recon_l1"] + 0.5 * want_kl, rtol=1e-5)
+    # Both G and S's log-variance head learn from it.
+    assert float(optax.tree.norm(g_grads)) > 0
+    assert float(jnp.abs(s_grads["fc_log_var"]["kernel"]).max()) > 0
+    # Style transfer reads S's mean.
+    ref = np.asarray((x[:2] + 1.0) * 127.5, np.uint8)
+    np.testing.assert_allclose(
+        pipe._invert(params["S"], ref),
+        pipe.S.apply({"params": params["S"]}, jnp.asarray(ref, jnp.float32) / 127.5 - 1.0)[0],
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="kl_weight"):
+        _pipeline("smoke,joint", **{"gan.recon_weight": 1.0, "gan.kl_weight": 0.0})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        _pipeline("smoke,joint", **{"gan.recon_weight": -1.0})
 
 
 def test_clip_weight_scores_samples_with_the_frozen_clip(clip_smoke_workdir):
@@ -579,6 +656,27 @@ def test_generation_interpolation_and_style_transfer():
     np.testing.assert_array_equal(out, pipe.generate(state, prompts, None, z=z_ref))
     with pytest.raises(ValueError, match="reference must be uint8"):
         pipe.generate(state, prompts, None, reference=np.zeros((1, 16, 16, 3), np.uint8))
+    # The reconstruction evaluator judges G(S(x), phi(caption of x)) of real images.
+    config.eval.num_samples = 8
+    judged = []
+    score = pipe.judge.score
+    pipe.judge.score = lambda images, truths: (
+        judged.append((images, truths)) or score(images, truths)
+    )
+    rec = pipe.reconstruction_metrics(state, None)
+    assert len(judged) == len(config.eval.splits)
+    for (images, truths), split in zip(judged, config.eval.splits, strict=True):
+        captions, want_truths, real = pipe.judge.prompts(split, 8, seed=0)
+        assert [e["caption"] for e in truths] == captions
+        x = jnp.asarray(real, jnp.float32) / 127.5 - 1.0
+        t = pipe.text.apply({"params": state.params["text"]}, jnp.asarray(pipe.tokenize(captions)))
+        g = state.ema_params["G"]
+        y = pipe.G.apply({"params": g}, pipe.S.apply({"params": state.params["S"]}, x), t)
+        want = np.clip(np.round((np.asarray(y) + 1.0) * 127.5), 0, 255)
+        assert np.abs(images.astype(float) - want).max() <= 1  # rounding at .5 may differ
+        assert {f"{split}/rec_{k}": v for k, v in score(images, truths).items()} == {
+            k: v for k, v in rec.items() if k.startswith(f"{split}/")
+        }
 
 
 # -- the CLI ------------------------------------------------------------------------------------
@@ -603,6 +701,8 @@ def test_cli_smoke_run_pretrains_and_freezes_clip(tmp_path):
         "test/clip_score",
         "test/r_precision",
         "heldout/r_precision",
+        "test/rec_shape",
+        "heldout/rec_colour",
         "diversity",
     ):
         assert np.isfinite(results[key]), key

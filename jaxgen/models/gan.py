@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.models.layers import Dtype, conv3x3, num_groups_for
+from jaxgen.models.unet import coordinate_channels
 
 
 def _levels(image_size: int) -> int:
@@ -113,6 +114,9 @@ class Generator(nn.Module):
         and ``beta``, linear in ``[z, phi(t)]`` (zero at initialisation): the conditional
         normalisation of BigGAN, which lets the text act on every level rather than only
         through the first layer's input.
+      coords: every 3x3 conv also reads two channels holding each pixel's row and column in
+        [-1, 1] (CoordConv, Liu et al. 2018), so that a position carried by ``z`` can become
+        an edge at that position without being learned per location.
     """
 
     image_size: int = 32
@@ -121,6 +125,7 @@ class Generator(nn.Module):
     dtype: Dtype = jnp.float32
     norm: str = "group"
     conditional: bool = False
+    coords: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array, text_emb: jax.Array) -> jax.Array:
@@ -145,13 +150,18 @@ class Generator(nn.Module):
                 h = h * (1.0 + gamma) + beta
             return nn.relu(h)
 
+        def conv(h, features, name):
+            if self.coords:
+                h = jnp.concatenate([h, coordinate_channels(h.shape[:3], h.dtype)], axis=-1)
+            return conv3x3(features, self.dtype, name=name)(h)
+
         for i in range(levels):
             h = norm(h, f"norm{i}")
             b, s, _, c = h.shape
             h = jax.image.resize(h, (b, 2 * s, 2 * s, c), "nearest")
-            h = conv3x3(widths[i + 1], self.dtype, name=f"conv{i}")(h)
+            h = conv(h, widths[i + 1], f"conv{i}")
         h = norm(h, "norm_out")
-        return jnp.tanh(conv3x3(3, self.dtype, name="to_rgb")(h).astype(jnp.float32))
+        return jnp.tanh(conv(h, 3, "to_rgb").astype(jnp.float32))
 
 
 D_NORMS = ("channel", "layer", "none")
@@ -282,16 +292,26 @@ class InverseNetwork(nn.Module):
 
     Attributes:
       image_size: input side; ch: first-level channels; z_dim: output width.
+      log_variance: also return a log-variance ``[B, z_dim]`` beside the mean (a second dense
+        head), so that S can serve as the Gaussian encoder ``q(z | x)`` of a conditional VAE.
     """
 
     image_size: int = 32
     ch: int = 64
     z_dim: int = 100
     dtype: Dtype = jnp.float32
+    log_variance: bool = False
 
     @nn.compact
-    def __call__(self, images: jax.Array) -> jax.Array:
-        """Args: images ``[B, S, S, 3]`` in [-1, 1]. Returns ``[B, z_dim]`` float32."""
+    def __call__(self, images: jax.Array):
+        """Args: images ``[B, S, S, 3]`` in [-1, 1]. Returns the mean ``[B, z_dim]`` float32, and
+        with ``log_variance`` the pair (mean, log-variance)."""
         h = _Downsampler(self.image_size, self.ch, dtype=self.dtype, name="down")(images)
-        h = nn.Dense(self.z_dim, dtype=self.dtype, name="fc")(h.reshape(h.shape[0], -1))
-        return h.astype(jnp.float32)
+        h = h.reshape(h.shape[0], -1)
+        mean = nn.Dense(self.z_dim, dtype=self.dtype, name="fc")(h).astype(jnp.float32)
+        if not self.log_variance:
+            return mean
+        log_var = nn.Dense(
+            self.z_dim, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="fc_log_var"
+        )(h)
+        return mean, log_var.astype(jnp.float32)

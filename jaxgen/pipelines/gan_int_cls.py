@@ -33,6 +33,12 @@ Three more conditioning options (off by default; README measures them): BigGAN's
 normalisation in G (``model.g_conditional``), the projection discriminator's text-image inner
 product in D (``model.d_projection``), and a colour-blind silhouette stream in D
 (``model.d_silhouette``).
+
+With ``gan.recon_weight > 0`` S doubles as the Gaussian encoder of a conditional VAE
+(``recon_loss``: CVAE-GAN, BicycleGAN's cVAE-GAN): G also learns to redraw each real image from
+its code and caption. ``model.g_coords`` gives G's convs coordinate channels. Every evaluation
+also judges real images redrawn from their own codes and captions (``reconstruction_metrics``),
+which shows what G can draw when z is no guess.
 """
 
 from __future__ import annotations
@@ -128,6 +134,13 @@ def clip_guidance_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale) -
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def kl_to_standard_normal(mean: jax.Array, log_var: jax.Array) -> jax.Array:
+    """``KL(N(mean, exp(log_var)) || N(0, I))``, summed over the last axis, batch mean:
+    ``0.5 * sum(mean^2 + exp(log_var) - 1 - log_var)``."""
+    terms = jnp.square(mean) + jnp.exp(log_var) - 1.0 - log_var
+    return 0.5 * jnp.mean(jnp.sum(terms, axis=-1))
+
+
 def interpolate(t1: jax.Array, t2: jax.Array, beta) -> jax.Array:
     """``beta * t1 + (1 - beta) * t2`` (GAN-INT's interpolated text embeddings)."""
     return beta * t1 + (1.0 - beta) * t2
@@ -198,6 +211,19 @@ class GANINTCLSPipeline(Pipeline):
                 "which needs their labels: set --config.data.parse_labels=True (shapes only), "
                 "or use the 'aux' variant."
             )
+        self.recon_weight = float(gc.get("recon_weight", 0.0))
+        self.kl_weight = float(gc.get("kl_weight", 0.0))
+        if self.recon_weight < 0 or self.kl_weight < 0:
+            raise ValueError(
+                f"gan.recon_weight and gan.kl_weight must be >= 0, got {self.recon_weight} and "
+                f"{self.kl_weight}."
+            )
+        if self.recon_weight > 0 and self.kl_weight == 0:
+            raise ValueError(
+                "gan.recon_weight > 0 decodes S's codes of real images, and without "
+                "gan.kl_weight > 0 nothing keeps those codes near the N(0, I) that sampling "
+                "draws z from; set gan.kl_weight (0.01, as BicycleGAN)."
+            )
         # The frozen CLIP image tower, in params["clip_image"], for either use.
         self.uses_clip_image = self.clip_weight > 0 or bool(self.d_features)
         dtype = state_lib.compute_dtype(mc)
@@ -214,6 +240,7 @@ class GANINTCLSPipeline(Pipeline):
             dtype,
             g_norm,
             conditional=bool(mc.get("g_conditional", False)),
+            coords=bool(mc.get("g_coords", False)),
         )
         d_norm = str(mc.get("d_norm", "channel"))
         if d_norm not in D_NORMS:
@@ -229,7 +256,9 @@ class GANINTCLSPipeline(Pipeline):
             projection=bool(mc.get("d_projection", False)),
             silhouette=bool(mc.get("d_silhouette", False)),
         )
-        self.S = InverseNetwork(self.size, int(mc.d_ch), self.z_dim, dtype)
+        self.S = InverseNetwork(
+            self.size, int(mc.d_ch), self.z_dim, dtype, log_variance=self.recon_weight > 0
+        )
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
 
@@ -304,6 +333,7 @@ class GANINTCLSPipeline(Pipeline):
         x = to_model_space(batch["image"])
         b = x.shape[0]
         k_z, k_int = jax.random.split(rng)
+        k_post = jax.random.fold_in(rng, 2)  # q(z | x)'s draw, for gan.recon_weight
         z = jax.random.normal(k_z, (b, self.z_dim))
         params = state.params
 
@@ -389,13 +419,20 @@ class GANINTCLSPipeline(Pipeline):
             int_loss, int_grads = jax.value_and_grad(int_loss_fn)(params["G"])
             g_loss = g_loss + int_loss
             g_grads = jax.tree.map(jnp.add, g_grads, int_grads)
-        new_params["G"], new_opt["G"] = self._apply(params["G"], g_grads, state.opt_state["G"])
 
         def s_loss_fn(s_params):
-            z_hat = self.S.apply({"params": s_params}, jax.lax.stop_gradient(fake))
+            z_hat = self._s_mean(s_params, jax.lax.stop_gradient(fake))
             return jnp.mean(jnp.sum(jnp.square(z - z_hat), axis=-1))
 
         s_loss, s_grads = jax.value_and_grad(s_loss_fn)(params["S"])
+        if self.recon_weight > 0:
+            (_, recon_terms), (rec_g, rec_s) = jax.value_and_grad(
+                self.recon_loss, argnums=(0, 1), has_aux=True
+            )(params["G"], params["S"], x, t, k_post)
+            g_grads = jax.tree.map(jnp.add, g_grads, rec_g)
+            s_grads = jax.tree.map(jnp.add, s_grads, rec_s)
+            g_terms.update(recon_terms)
+        new_params["G"], new_opt["G"] = self._apply(params["G"], g_grads, state.opt_state["G"])
         new_params["S"], new_opt["S"] = self._apply(params["S"], s_grads, state.opt_state["S"])
 
         decay = state_lib.ema_decay_at(state.step, float(tc.ema_decay))
@@ -432,6 +469,26 @@ class GANINTCLSPipeline(Pipeline):
         )
         return out["intermediates"]["image"]["feature_map"][0]
 
+    def recon_loss(self, g_params, s_params, x, t, rng):
+        """The conditional VAE's terms (CVAE-GAN, BicycleGAN's cVAE-GAN): S encodes each real
+        image ``x`` as q(z | x), and G redraws it from a code drawn from that and the image's own
+        text embedding ``t``. Returns ``(recon_weight * L1 + kl_weight * KL, {"recon_l1",
+        "kl"})``."""
+        mean, log_var = self.S.apply({"params": s_params}, x)
+        eps = jax.random.normal(rng, mean.shape)
+        x_rec = self.G.apply({"params": g_params}, mean + jnp.exp(0.5 * log_var) * eps, t)
+        terms = {
+            "recon_l1": jnp.mean(jnp.abs(x_rec - x)),
+            "kl": kl_to_standard_normal(mean, log_var),
+        }
+        return self.recon_weight * terms["recon_l1"] + self.kl_weight * terms["kl"], terms
+
+    def _s_mean(self, s_params, images):
+        """S's estimate of the z behind each image (the mean of q(z | x) with a log-variance
+        head)."""
+        out = self.S.apply({"params": s_params}, images)
+        return out[0] if self.S.log_variance else out
+
     def _d(self, d_params, images, texts, features):
         """D's logits for (image, text embedding) pairs and its auxiliary class logits (an
         empty tuple without ``gan.aux_weight``)."""
@@ -461,7 +518,7 @@ class GANINTCLSPipeline(Pipeline):
 
     @functools.partial(jax.jit, static_argnums=0)
     def _invert(self, s_params, images):
-        return self.S.apply({"params": s_params}, to_model_space(images))
+        return self._s_mean(s_params, to_model_space(images))
 
     def _g_params(self, state):
         return (state.ema_params or state.params)["G"]
@@ -532,9 +589,24 @@ class GANINTCLSPipeline(Pipeline):
             dists.append(d[np.triu_indices(per, 1)].mean())
         return {"diversity": float(np.mean(dists))}
 
+    def reconstruction_metrics(self, state, rng) -> dict[str, float]:
+        """The judge's accuracies on real images redrawn from their own captions in their own
+        style, ``G(S(x), phi(caption of x))`` (style transfer to the same content), per split
+        as ``<split>/rec_<metric>``: how well G draws a scene when z is no guess."""
+        del rng
+        ec, out = self.config.eval, {}
+        for split in ec.splits:
+            captions, truths, real = self.judge.prompts(split, int(ec.num_samples), seed=0)
+            redrawn = self.generate(state, captions, None, reference=real)
+            for k, v in self.judge.score(redrawn, truths).items():
+                out[f"{split}/rec_{k}"] = float(v)
+        return out
+
     def evaluators(self):
         ec = self.config.eval
         out = [self.diversity]
+        if self.judge.has_truth:
+            out.append(self.reconstruction_metrics)
         if self.judge.has_truth:
             out.insert(
                 0,
