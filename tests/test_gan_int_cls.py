@@ -666,7 +666,7 @@ def test_generation_interpolation_and_style_transfer():
     rec = pipe.reconstruction_metrics(state, None)
     assert len(judged) == len(config.eval.splits)
     for (images, truths), split in zip(judged, config.eval.splits, strict=True):
-        captions, want_truths, real = pipe.judge.prompts(split, 8, seed=0)
+        captions, _, real = pipe.judge.prompts(split, 8, seed=0)
         assert [e["caption"] for e in truths] == captions
         x = jnp.asarray(real, jnp.float32) / 127.5 - 1.0
         t = pipe.text.apply({"params": state.params["text"]}, jnp.asarray(pipe.tokenize(captions)))

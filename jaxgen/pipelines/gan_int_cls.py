@@ -606,17 +606,13 @@ class GANINTCLSPipeline(Pipeline):
         ec = self.config.eval
         out = [self.diversity]
         if self.judge.has_truth:
-            out.append(self.reconstruction_metrics)
-        if self.judge.has_truth:
-            out.insert(
-                0,
-                functools.partial(
-                    judges.evaluate_generator,
-                    self.rerank,
-                    self.judge,
-                    splits=tuple(ec.splits),
-                    num_samples=int(ec.num_samples),
-                    embedder=self.clip_embedder,
-                ),
+            sampled = functools.partial(
+                judges.evaluate_generator,
+                self.rerank,
+                self.judge,
+                splits=tuple(ec.splits),
+                num_samples=int(ec.num_samples),
+                embedder=self.clip_embedder,
             )
+            out = [sampled, *out, self.reconstruction_metrics]
         return out
