@@ -326,7 +326,7 @@ def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, obj
     return params["text"], config
 
 
-def _shapes_match(like, params) -> bool:
+def shapes_match(like, params) -> bool:
     """Whether ``params`` has the tree structure and array shapes of ``like`` (None: any)."""
     return like is None or jax.tree.map(np.shape, like) == jax.tree.map(np.shape, params)
 
@@ -346,7 +346,7 @@ def load_parse_heads(workdir: str, like=None) -> dict:
             f"The CLIP run in {workdir} has no parse heads: train it with "
             "experiments/clip.py:parse (model.parse_weight > 0)."
         )
-    if not _shapes_match(like, heads):
+    if not shapes_match(like, heads):
         raise ValueError(
             f"The parse heads of {workdir} ({len(heads)} fields) do not have the shape this "
             f"model asks for ({len(like)} fields): train CLIP on the same dataset."
@@ -365,7 +365,7 @@ def load_text_encoder(workdir: str, like=None, causal: bool | None = None):
     """
     params, config = load_text_tower(workdir, causal)
     params = params["encoder"]
-    if not _shapes_match(like, params):
+    if not shapes_match(like, params):
         raise ValueError(
             f"The text encoder of {workdir} (model.text={config.model.text.to_dict()}, "
             f"data.max_text_len={config.data.max_text_len}) does not have the shape this "

@@ -304,7 +304,7 @@ class GANINTCLSPipeline(Pipeline):
         ``model.text_init``."""
         if not self.frozen_text:
             return state
-        from jaxgen.pipelines.clip import load_clip_params
+        from jaxgen.pipelines.clip import load_clip_params, shapes_match
 
         path = self.config.model.text_init
         causal = bool(self.config.model.text.get("causal", False))
@@ -323,7 +323,7 @@ class GANINTCLSPipeline(Pipeline):
         if self.uses_clip_image:
             loaded["clip_image"] = {k: clip[k] for k in state.params["clip_image"]}
         for name, tree in loaded.items():
-            if jax.tree.map(np.shape, tree) != jax.tree.map(np.shape, state.params[name]):
+            if not shapes_match(state.params[name], tree):
                 raise ValueError(mismatch[name])
         params = {**state.params, **loaded}
         return state.replace(params=params)
