@@ -224,3 +224,31 @@ def test_d_content_probe_prints_each_input_and_field():
     assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
     proc = run_benchmark("d_content_probe.py", "--inputs=grey")
     assert proc.returncode == 2 and "unknown --inputs ['grey']" in proc.stderr, proc.stderr
+
+
+def test_g_draw_probe_spells_out_the_scene_and_prints_each_step():
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import numpy as np
+    from g_draw_probe import SLOT, scene_vector
+
+    truth = {
+        "objects": [
+            {"colour": "green", "shape": "triangle", "size": "large", "box": (0, 8, 16, 32)},
+            {"colour": "cyan", "shape": "circle", "size": "small", "box": (24, 0, 32, 8)},
+        ]
+    }
+    # Slot layout: present, 6 colours, 4 shapes, 2 sizes, box (x0, y0, x1, y1) in [-1, 1].
+    green_triangle = [1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, -1, -0.5, 0, 1]
+    cyan_circle = [1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0.5, -1, 1, -0.5]
+    assert SLOT == 17
+    np.testing.assert_array_equal(scene_vector(truth, 32), green_triangle + cyan_circle)
+    one = scene_vector({"objects": truth["objects"][1:]}, 32)
+    np.testing.assert_array_equal(one, cyan_circle + [0] * SLOT)
+
+    proc = run_benchmark("g_draw_probe.py", "--steps=4", "--every=2", "--ch=8", "--batch_size=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, *rows = table_rows(proc.stdout)
+    assert header == ["step", "s", "loss", "colour", "shape", "size", "relation"]
+    assert [r[0] for r in rows] == ["2", "4"]
+    assert all(float(r[2]) > 0 for r in rows)
+    assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
