@@ -3,9 +3,9 @@
 Trains ``models.gan.Generator`` as a plain supervised renderer: its text input is the scene
 spelled out (``scene_vector``: per object slot, present, colour, shape and size one-hot and the
 box), z is zero, and the loss is the pixel error against the real image (``--loss``: l2 or l1),
-with Adam. Every ``--every`` steps the judge scores its renderings of 512 test-split scenes. With
-nothing left to guess or to learn from a discriminator, this bounds from above how fast the GAN's
-generator can learn to draw each attribute: the GAN gives it a noisier signal for the same updates.
+with Adam, at 32x32. Every ``--every`` steps the judge scores its renderings of 512 test-split
+scenes. This is the easiest form of the GAN generator's task: nothing is left to guess from z or
+the caption, and no discriminator stands between G and the exact target.
 
     python benchmarks/g_draw_probe.py --steps=2000 --every=250 --lr=1e-3
 """
