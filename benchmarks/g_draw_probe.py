@@ -1,13 +1,16 @@
 """How fast can the GAN generator learn to draw a `shapes` scene when told exactly what it is?
 
-Trains ``models.gan.Generator`` as a plain supervised renderer: its text input is the scene
-spelled out (``scene_vector``: per object slot, present, colour, shape and size one-hot and the
-box), z is zero, and the loss is the pixel error against the real image (``--loss``: l2 or l1),
-with Adam, at 32x32. Every ``--every`` steps the judge scores its renderings of 512 test-split
-scenes. This is the easiest form of the GAN generator's task: nothing is left to guess from z or
-the caption, and no discriminator stands between G and the exact target.
+Trains the GAN pipeline's generator (``GANINTCLSPipeline.G``, built from the GAN config and the
+flags) as a plain supervised renderer: its text input is the scene spelled out (``scene_vector``:
+per object slot, present, colour, shape and size one-hot and the box), z is zero, and the loss is
+the pixel error against the real image (``--loss``: l2 or l1), with Adam, at the config's image
+size. Every ``--every`` steps the judge scores its renderings of 512 test-split scenes; ``--grid``
+saves the last renderings of the first 16 beside the real images. This is the easiest form of the
+GAN generator's task: nothing is left to guess from z or the caption, and no discriminator stands
+between G and the exact target.
 
     python benchmarks/g_draw_probe.py --steps=2000 --every=250 --lr=1e-3
+    python benchmarks/g_draw_probe.py --steps=800 --every=250 --grid=g_draw_800.png
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import optax
 from jaxgen.config import load_experiment
 from jaxgen.data import shapes
 from jaxgen.evaluation import shapes_judge
-from jaxgen.models.gan import G_NORMS, Generator
+from jaxgen.models.gan import G_NORMS
+from jaxgen.pipelines import build_pipeline
+from jaxgen.pipelines.ddpm import to_model_space, to_uint8
+from jaxgen.training.images import make_grid, save_png
 
 MAX_OBJECTS = 2
 SLOT = 1 + len(shapes.COLOUR_NAMES) + len(shapes.SHAPES) + len(shapes.SIZES) + 4
@@ -46,24 +52,18 @@ def scene_vector(truth: dict, image_size: int) -> np.ndarray:
 def _batch(source: shapes.ShapesSource, indices) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     examples = [source.example(int(i)) for i in indices]
     vectors = np.stack([scene_vector(e, source.image_size) for e in examples])
-    images = np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1.0
+    images = to_model_space(np.stack([e["image"] for e in examples]))
     return vectors, images, examples
 
 
-def probe(model_config, steps: int, every: int, batch_size: int, lr: float, loss: str, seed: int):
-    """Trains one renderer; yields (step, seconds, loss, judge accuracies) every ``every``."""
-    size = 32
-    g = Generator(
-        size,
-        model_config.g_ch,
-        model_config.text_dim,
-        norm=model_config.g_norm,
-        conditional=model_config.g_conditional,
-        coords=model_config.g_coords,
-    )
+def probe(config, steps: int, every: int, batch_size: int, lr: float, loss: str, seed: int):
+    """Trains one renderer; yields (step, seconds, loss, judge accuracies, renderings of the
+    test scenes) every ``every`` steps."""
+    g = build_pipeline(config).G
+    size = int(config.data.image_size)
     train = shapes.ShapesSource("train", size)
     test_vectors, _, test_truths = _batch(shapes.ShapesSource("test", size), range(512))
-    z_dim = int(model_config.z_dim)
+    z_dim = int(config.model.z_dim)
     params = g.init(jax.random.key(seed), jnp.zeros((1, z_dim)), test_vectors[:1])["params"]
     tx = optax.adam(lr, 0.5, 0.999)
     opt_state = tx.init(params)
@@ -88,10 +88,9 @@ def probe(model_config, steps: int, every: int, batch_size: int, lr: float, loss
         vectors, images, _ = _batch(train, rng.integers(0, len(train), batch_size))
         params, opt_state, value = step(params, opt_state, vectors, images)
         if i % every == 0 or i == steps:
-            judged = shapes_judge.judge_batch(
-                np.asarray(render_jit(params, test_vectors)), test_truths
-            )
-            yield i, time.perf_counter() - start, float(value), judged
+            renderings = np.asarray(render_jit(params, test_vectors))
+            judged = shapes_judge.judge_batch(renderings, test_truths)
+            yield i, time.perf_counter() - start, float(value), judged, renderings
 
 
 def main():
@@ -106,8 +105,10 @@ def main():
     parser.add_argument("--coords", action="store_true", help="model.g_coords")
     parser.add_argument("--conditional", action="store_true", help="model.g_conditional")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grid", help="PNG path: real test scenes over the last renderings")
     args = parser.parse_args()
-    model_config = load_experiment("gan_int_cls").model
+    config = load_experiment("gan_int_cls")
+    model_config = config.model
     model_config.g_ch = args.ch or model_config.g_ch
     model_config.g_norm = args.norm or model_config.g_norm
     model_config.g_coords = args.coords
@@ -120,12 +121,16 @@ def main():
     fields = ("colour", "shape", "size", "relation")
     print("| step | s | loss | " + " | ".join(fields) + " |")
     print("|---:|---:|---:|" + "---:|" * len(fields))
-    rows = probe(
-        model_config, args.steps, args.every, args.batch_size, args.lr, args.loss, args.seed
-    )
-    for i, seconds, value, judged in rows:
+    rows = probe(config, args.steps, args.every, args.batch_size, args.lr, args.loss, args.seed)
+    for i, seconds, value, judged, renderings in rows:
         cells = " | ".join(f"{judged[k]:.3f}" for k in fields)
         print(f"| {i} | {seconds:.0f} | {value:.4f} | {cells} |", flush=True)
+        drawn = np.asarray(to_uint8(renderings[:16]))
+    if args.grid:
+        test = shapes.ShapesSource("test", int(config.data.image_size))
+        real = np.stack([test.example(j)["image"] for j in range(16)])
+        save_png(make_grid(np.concatenate([real, drawn]), ncols=16), args.grid, scale=4)
+        print(f"wrote {args.grid}")
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def test_d_content_probe_prints_each_input_and_field():
     assert proc.returncode == 2 and "unknown --inputs ['grey']" in proc.stderr, proc.stderr
 
 
-def test_g_draw_probe_spells_out_the_scene_and_prints_each_step():
+def test_g_draw_probe_spells_out_the_scene_and_prints_each_step(tmp_path):
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     import numpy as np
     from g_draw_probe import SLOT, scene_vector
@@ -245,10 +245,22 @@ def test_g_draw_probe_spells_out_the_scene_and_prints_each_step():
     one = scene_vector({"objects": truth["objects"][1:]}, 32)
     np.testing.assert_array_equal(one, cyan_circle + [0] * SLOT)
 
-    proc = run_benchmark("g_draw_probe.py", "--steps=4", "--every=2", "--ch=8", "--batch_size=8")
+    grid = tmp_path / "grid.png"
+    proc = run_benchmark(
+        "g_draw_probe.py", "--steps=4", "--every=2", "--ch=8", "--batch_size=8", f"--grid={grid}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     header, *rows = table_rows(proc.stdout)
     assert header == ["step", "s", "loss", "colour", "shape", "size", "relation"]
     assert [r[0] for r in rows] == ["2", "4"]
     assert all(float(r[2]) > 0 for r in rows)
     assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
+    # Two rows of 16 tiles (32 px, 1 px borders), 4x: the real test scenes on top.
+    from PIL import Image
+
+    from jaxgen.data import shapes
+
+    png = np.asarray(Image.open(grid))
+    assert png.shape == (4 * (2 * 33 + 1), 4 * (16 * 33 + 1), 3)
+    real = shapes.ShapesSource("test", 32).example(0)["image"]
+    np.testing.assert_array_equal(png[4:132:4, 4:132:4], real)
