@@ -2,6 +2,8 @@
 style transfer through the inverse network, and smoke runs of the CLI."""
 
 import json
+import subprocess
+import sys
 
 import chex
 import jax
@@ -9,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import experiment_config, parse_cross_entropy, run_cli
+from helpers import REPO_ROOT, cli_env, experiment_config, parse_cross_entropy, run_cli
 
 import jaxgen
+from jaxgen.data import shapes
 from jaxgen.models.clip import CLIP
 from jaxgen.models.gan import (
     D_NORMS,
@@ -433,6 +436,29 @@ def test_hard_negatives_need_the_matching_aware_discriminator():
         _pipeline("smoke,joint", **{"model.g_norm": "instance"})
 
 
+def test_match_logits_score_each_pair_with_d_on_its_own():
+    pipe, config = _pipeline("smoke,joint")
+    state = pipe.init(jax.random.key(0), _batch(config))
+    source = shapes.ShapesSource("test", config.data.image_size)
+    examples = [source.example(i) for i in range(6)]
+    images = np.stack([e["image"] for e in examples])
+    prompts = [e["caption"] for e in examples[1:]] + ["a small red circle"]
+    logits = pipe.match_logits(state, images, prompts)
+    assert logits.shape == (6,) and logits.dtype == np.float32
+    # D on the text tower's embedding of the prompts and the images in [-1, 1], by hand.
+    t = pipe.text.apply({"params": state.params["text"]}, jnp.asarray(pipe.tokenize(prompts)))
+    x = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+    expected = pipe.D.apply({"params": state.params["D"]}, x, t)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    # Each pair's score is its own: scoring in two halves changes nothing.
+    halves = [pipe.match_logits(state, images[k : k + 3], prompts[k : k + 3]) for k in (0, 3)]
+    np.testing.assert_allclose(np.concatenate(halves), logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="6 images but 5 prompts"):
+        pipe.match_logits(state, images, prompts[:5])
+    with pytest.raises(ValueError, match="uint8"):
+        pipe.match_logits(state, images.astype(np.float32), prompts)
+
+
 def test_r1_weight_adds_the_penalty_to_the_discriminator_loss():
     pipe0, config = _pipeline("smoke,joint,gan")
     pipe1, _ = _pipeline("smoke,joint,gan", **{"gan.r1_weight": 10.0})
@@ -710,6 +736,29 @@ def test_cli_smoke_run_pretrains_and_freezes_clip(tmp_path):
     # The CLIP text tower was loaded and stayed frozen.
     chex.assert_trees_all_equal(model.state.params["text"], load_text_tower(clip_workdir)[0])
     assert model.generate(["a small red circle"]).shape == (1, 16, 16, 3)
+    # The discriminator probe reads the run: a row per kind of mismatched caption, rates in [0, 1].
+    probe = subprocess.run(
+        [sys.executable, "benchmarks/d_match_probe.py", str(workdir), "--num=6"],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    rows = [
+        r.split(" | ") for r in probe.stdout.splitlines() if r.startswith("| ") and "---" not in r
+    ]
+    assert [r[0] for r in rows[1:]] == [
+        "| the next example's caption",
+        "| colour changed",
+        "| shape changed",
+        "| size changed",
+        "| relation changed",
+    ]
+    assert all(0.0 <= float(r[2]) <= 1.0 for r in rows[1:])
+    two_objects = sum(bool(shapes.ShapesSource("test", 16).truth(i)["relation"]) for i in range(6))
+    assert [int(r[1]) for r in rows[1:]] == [6, 6, 6, 6, two_objects]
     # A rerun finds the pretraining done and the GAN finished: nothing is trained again.
     before = (clip_workdir / "metrics.jsonl").read_text()
     proc = run_cli("--config=experiments/gan_int_cls.py:smoke", f"--workdir={workdir}")

@@ -558,6 +558,30 @@ class GANINTCLSPipeline(Pipeline):
             raise ValueError(f"z must be [{n}, {self.z_dim}], got {list(z.shape)}.")
         return np.asarray(self._generate(self._g_params(state), z, t))
 
+    def match_logits(self, state, images, prompts: Sequence[str]) -> np.ndarray:
+        """The matching-aware discriminator's judgement of (image, prompt) pairs: D's logit that
+        each image is real and shows its prompt, ``[N]`` float32 (higher: more so).
+
+        Args:
+          state: a TrainState.
+          images: uint8 ``[N, S, S, 3]``.
+          prompts: N strings, one per image.
+        """
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(
+                f"images must be uint8 [N, {self.size}, {self.size}, 3], got {images.dtype} "
+                f"{list(images.shape)}."
+            )
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts; pass one each.")
+        texts = self.embed_prompts(state, prompts)
+        return np.asarray(self._match_logits(state.params, to_model_space(images), texts))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _match_logits(self, params, images, texts):
+        return self._score(params["D"], params, images, texts)
+
     def interpolate_prompts(self, state, prompt_a: str, prompt_b: str, num: int = 8, seed=0):
         """Images along ``phi(a) -> phi(b)`` with one fixed z (the paper's figure 6)."""
         t = self.embed_prompts(state, [prompt_a, prompt_b])
