@@ -757,8 +757,14 @@ def test_cli_smoke_run_pretrains_and_freezes_clip(tmp_path):
         "| relation changed",
     ]
     assert all(0.0 <= float(r[2]) <= 1.0 for r in rows[1:])
-    two_objects = sum(bool(shapes.ShapesSource("test", 16).truth(i)["relation"]) for i in range(6))
+    examples = [shapes.ShapesSource("test", 16).example(i) for i in range(7)]
+    two_objects = sum(bool(e["relation"]) for e in examples[:6])
     assert [int(r[1]) for r in rows[1:]] == [6, 6, 6, 6, two_objects]
+    # Its first row, recomputed here from the same images and captions.
+    images = np.stack([e["image"] for e in examples[:6]])
+    right = model.pipeline.match_logits(model.state, images, [e["caption"] for e in examples[:6]])
+    nxt = model.pipeline.match_logits(model.state, images, [e["caption"] for e in examples[1:]])
+    assert rows[1][2:] == [f"{np.mean(right > nxt):.3f}", f"{np.mean(right - nxt):.3f} |"]
     # A rerun finds the pretraining done and the GAN finished: nothing is trained again.
     before = (clip_workdir / "metrics.jsonl").read_text()
     proc = run_cli("--config=experiments/gan_int_cls.py:smoke", f"--workdir={workdir}")
