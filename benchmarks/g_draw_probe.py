@@ -125,8 +125,9 @@ def main():
     for i, seconds, value, judged, renderings in rows:
         cells = " | ".join(f"{judged[k]:.3f}" for k in fields)
         print(f"| {i} | {seconds:.0f} | {value:.4f} | {cells} |", flush=True)
-        drawn = np.asarray(to_uint8(renderings[:16]))
+        last = renderings
     if args.grid:
+        drawn = np.asarray(to_uint8(last[:16]))
         test = shapes.ShapesSource("test", int(config.data.image_size))
         real = np.stack([test.example(j)["image"] for j in range(16)])
         save_png(make_grid(np.concatenate([real, drawn]), ncols=16), args.grid, scale=4)

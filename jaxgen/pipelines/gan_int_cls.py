@@ -544,13 +544,7 @@ class GANINTCLSPipeline(Pipeline):
         t = self.embed_prompts(state, prompts)
         n = t.shape[0]
         if reference is not None:
-            reference = np.asarray(reference)
-            if reference.dtype != np.uint8 or reference.shape != (n, self.size, self.size, 3):
-                raise ValueError(
-                    f"reference must be uint8 [{n}, {self.size}, {self.size}, 3] (one per "
-                    f"prompt), got {reference.dtype} {list(reference.shape)}."
-                )
-            z = self._invert(state.params["S"], reference)
+            z = self._invert(state.params["S"], self._uint8_images(reference, n, "reference"))
         elif z is None:
             z = self.noise(n, rng)
         z = jnp.asarray(z, jnp.float32)
@@ -567,20 +561,25 @@ class GANINTCLSPipeline(Pipeline):
           images: uint8 ``[N, S, S, 3]``.
           prompts: N strings, one per image.
         """
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.shape[1:] != (self.size, self.size, 3):
-            raise ValueError(
-                f"images must be uint8 [N, {self.size}, {self.size}, 3], got {images.dtype} "
-                f"{list(images.shape)}."
-            )
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts; pass one each.")
+        images = self._uint8_images(images, len(prompts), "images")
         texts = self.embed_prompts(state, prompts)
         return np.asarray(self._match_logits(state.params, to_model_space(images), texts))
 
     @functools.partial(jax.jit, static_argnums=0)
     def _match_logits(self, params, images, texts):
         return self._score(params["D"], params, images, texts)
+
+    def _uint8_images(self, images, n: int, name: str) -> np.ndarray:
+        """``images`` as uint8 ``[n, S, S, 3]`` (one per prompt), or a ValueError naming them."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.shape != (n, self.size, self.size, 3):
+            raise ValueError(
+                f"{name} must be uint8 [{n}, {self.size}, {self.size}, 3] (one per prompt), got "
+                f"{images.dtype} {list(images.shape)}."
+            )
+        return images
 
     def interpolate_prompts(self, state, prompt_a: str, prompt_b: str, num: int = 8, seed=0):
         """Images along ``phi(a) -> phi(b)`` with one fixed z (the paper's figure 6)."""
