@@ -30,6 +30,7 @@ EXTRAS = {
         "nbclient>=0.10",
         "ipykernel>=6.29",
         "ruff>=0.8",
+        "import-linter>=2.1",
     ],
     # Side-by-side speed comparisons with PyTorch peers. torch==2.13.0 is a CPU build.
     "bench": ["torch==2.13.0", "diffusers>=0.30"],

@@ -17,8 +17,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxgen.pipelines import build_pipeline  # noqa: E402
-from jaxgen.training import loop  # noqa: E402
 from jaxgen.training import mesh as mesh_lib  # noqa: E402
+from jaxgen.training import workdir as workdir_lib  # noqa: E402
 
 MATMUL_N = 2048
 
@@ -128,8 +128,8 @@ class Trainer:
         self.pipeline = build_pipeline(config)
         self.mesh = mesh
         self.iterator = iterator
-        self.state = loop.init_state(self.pipeline, config, mesh, source)
-        self.rng = loop.root_rngs(config.seed)["train"]
+        self.state = workdir_lib.init_state(self.pipeline, config, mesh, source)
+        self.rng = workdir_lib.root_rngs(config.seed)["train"]
         self.batch_size = int(config.train.batch_size)
         self.params = sum(x.size for x in jax.tree.leaves(self.state.params))
         repl = mesh_lib.replicated(mesh)

@@ -3,7 +3,7 @@
     python benchmarks/ddpm_speed.py [--config=experiments/ddpm.py[:smoke]] [--steps=N] [--torch]
         [--json_out=FILE] [--config.train.batch_size=...]
 
-Uses the library's own objects (the pipeline from the registry, ``loop.init_state``, the data
+Uses the library's own objects (the pipeline from the registry, ``workdir.init_state``, the data
 source and batch iterator, ``pipeline.train_step`` jitted with the state donated as the loop does,
 ``pipeline._sample``) and prints one table:
 

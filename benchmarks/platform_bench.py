@@ -129,8 +129,8 @@ def checkpoint_cost() -> dict:
     from jaxgen import data as data_lib
     from jaxgen.pipelines import build_pipeline
     from jaxgen.training import checkpoint as ckpt_lib
-    from jaxgen.training import loop
     from jaxgen.training import mesh as mesh_lib
+    from jaxgen.training import workdir as workdir_lib
 
     results = {}
     for name in ("shapes", "cifar10"):
@@ -139,7 +139,7 @@ def checkpoint_cost() -> dict:
         mesh = mesh_lib.make_mesh(config)
         # cifar10's source is TFDS; an example batch of the same shapes is all init needs.
         source = data_lib.build_source(_experiment("shapes").data, "train")
-        state = loop.init_state(pipeline, config, mesh, source)
+        state = workdir_lib.init_state(pipeline, config, mesh, source)
         with tempfile.TemporaryDirectory() as tmp:
             ck = ckpt_lib.Checkpointer(Path(tmp) / "ck", async_save=False)
             t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def checkpoint_cost() -> dict:
             ck.wait()
             save_s = time.perf_counter() - t0
             size = _dir_size(Path(tmp) / "ck" / "1")
-            abstract = loop.abstract_state(pipeline, config, mesh, source)
+            abstract = workdir_lib.abstract_state(pipeline, config, mesh, source)
             t0 = time.perf_counter()
             restored, _, _ = ck.restore(abstract)
             jax.block_until_ready(restored)
@@ -175,15 +175,17 @@ def async_overhead(rounds: int = 3, steps: int = 8) -> dict:
     from jaxgen import data as data_lib
     from jaxgen.pipelines import build_pipeline
     from jaxgen.training import checkpoint as ckpt_lib
-    from jaxgen.training import loop
     from jaxgen.training import mesh as mesh_lib
+    from jaxgen.training import workdir as workdir_lib
 
     config = _experiment("shapes")
     pipeline = build_pipeline(config)
     mesh = mesh_lib.make_mesh(config)
     source = data_lib.build_source(config.data, "train")
-    state = loop.init_state(pipeline, config, mesh, source)
-    batch = mesh_lib.to_global(loop.example_batch(source, int(config.train.batch_size)), mesh)
+    state = workdir_lib.init_state(pipeline, config, mesh, source)
+    batch = mesh_lib.to_global(
+        workdir_lib.example_batch(source, int(config.train.batch_size)), mesh
+    )
     step = jax.jit(pipeline.train_step, donate_argnums=(0,))
     state, _ = step(state, batch, jax.random.key(0))
     times = {"plain": [], "async": [], "blocking": []}

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the 
 from common import parse_overrides  # noqa: E402
 
 from jaxgen import api  # noqa: E402
-from jaxgen.training import loop  # noqa: E402
+from jaxgen import config as config_lib  # noqa: E402
+from jaxgen.training import workdir as workdir_lib  # noqa: E402
 from jaxgen.training.checkpoint import NoCheckpointError  # noqa: E402
 
 DEFAULT_METRICS = "test/colour,test/shape,test/relation,test/frechet,heldout/colour,heldout/shape"
@@ -43,9 +44,9 @@ def main() -> None:
 
     fixed = parse_overrides(args.set)
     try:
-        config = loop.load_config(args.workdir)
-        api.apply_overrides(config, fixed)
-        parent, leaf = api.resolve_key(config, args.key)
+        config = workdir_lib.load_config(args.workdir)
+        config_lib.apply_overrides(config, fixed)
+        parent, leaf = config_lib.resolve_key(config, args.key)
     except (NoCheckpointError, ValueError) as e:  # not a workdir, or an unknown key
         raise SystemExit(f"error: {e}") from None
     values = [parse_value(v, parent[leaf]) for v in args.values.split(",")]

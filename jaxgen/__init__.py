@@ -15,3 +15,10 @@ def train(config, workdir):
     from jaxgen.api import train as _train
 
     return _train(config, workdir)
+
+
+def load_tokenizer(workdir):
+    """Loads a trained image tokenizer; see ``jaxgen.api.load_tokenizer``."""
+    from jaxgen.api import load_tokenizer as _load_tokenizer
+
+    return _load_tokenizer(workdir)

@@ -40,7 +40,7 @@ def _config_error(argv: list[str], error: Exception) -> str:
         config = load_experiment(path)
     except Exception:  # noqa: BLE001 (the config file itself is broken: report the original)
         return str(error)
-    from jaxgen.api import resolve_key
+    from jaxgen.config import resolve_key
 
     for override in bad:
         try:
@@ -59,7 +59,7 @@ def default_workdir(config_path: str) -> Path:
 
 def typed_overrides(argv: list[str], config) -> dict:
     """The ``--config.a.b=value`` overrides on the command line, with their parsed values."""
-    from jaxgen.api import resolve_key
+    from jaxgen.config import resolve_key
 
     out = {}
     for a in argv:
@@ -103,6 +103,7 @@ def run(argv) -> None:
     )
     from jaxgen import api
     from jaxgen.training import loop
+    from jaxgen.training import workdir as workdir_lib
 
     config = _CONFIG.value
     config_path = flags.FLAGS["config"].config_filename
@@ -110,13 +111,13 @@ def run(argv) -> None:
     logging.info("JAX devices: %s (%d process(es))", jax.devices(), jax.process_count())
     if _MODE.value == "train":
         results = loop.train_and_evaluate(config, workdir)
-        print(f"Evaluation ({workdir / loop.EVAL_FILE}): {results}")
+        print(f"Evaluation ({workdir / workdir_lib.EVAL_FILE}): {results}")
         return
     if _PROMPT.value:
         # Check prompts before the (slow) restore, so a typo is reported at once.
         from jaxgen.data.tokenizer import validate_prompt
 
-        max_len = int(loop.load_config(workdir).data.max_text_len)
+        max_len = int(workdir_lib.load_config(workdir).data.max_text_len)
         for p in _PROMPT.value:
             validate_prompt(p, max_len)
     # The workdir's config.json describes the trained network; `--config.*` overrides typed on
@@ -136,8 +137,8 @@ def run(argv) -> None:
             print(f"  [{i}] {p}")
     else:
         results = model.evaluate()
-        loop.write_eval(workdir, results, model.step)
-        print(f"Evaluation at step {model.step} ({workdir / loop.EVAL_FILE}): {results}")
+        workdir_lib.write_eval(workdir, results, model.step)
+        print(f"Evaluation at step {model.step} ({workdir / workdir_lib.EVAL_FILE}): {results}")
 
 
 def main(argv) -> None:

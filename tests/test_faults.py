@@ -24,8 +24,8 @@ from jaxgen import data as data_lib
 from jaxgen.data.tokenizer import PromptError
 from jaxgen.pipelines import build_pipeline
 from jaxgen.pipelines.ddpm import DDPMPipeline
-from jaxgen.training import loop
 from jaxgen.training import mesh as mesh_lib
+from jaxgen.training import workdir as workdir_lib
 
 
 def saved_steps(workdir) -> list[int]:
@@ -112,7 +112,7 @@ def test_skip_nonfinite_updates_skips_only_the_bad_steps(tmp_path, monkeypatch):
     config.sample.every_steps = 0
     mesh = mesh_lib.make_mesh(config)
     source = data_lib.build_source(config.data, "train")
-    initial = loop.init_state(build_pipeline(config), config, mesh, source).params
+    initial = workdir_lib.init_state(build_pipeline(config), config, mesh, source).params
     monkeypatch.setattr(DDPMPipeline, "train_step", _fake_step([4, 7]))
     workdir = tmp_path / "run"
     jaxgen.train(config, workdir)

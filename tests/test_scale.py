@@ -22,8 +22,8 @@ from helpers import experiment_config, read_jsonl, run_cli
 
 from jaxgen import data as data_lib
 from jaxgen.pipelines import build_pipeline
-from jaxgen.training import loop
 from jaxgen.training import mesh as mesh_lib
+from jaxgen.training import workdir as workdir_lib
 from jaxgen.training.distributed import free_port
 
 MEAN_ATOL = 1e-6
@@ -104,11 +104,11 @@ def test_bfloat16_loss_parity():
     bf16.model.dtype = "bfloat16"
     mesh = mesh_lib.make_mesh(config)
     source = data_lib.build_source(config.data, "train")
-    batch = mesh_lib.to_global(loop.example_batch(source, 8), mesh)
+    batch = mesh_lib.to_global(workdir_lib.example_batch(source, 8), mesh)
     losses = {}
     for name, cfg in (("f32", config), ("bf16", bf16)):
         pipeline = build_pipeline(cfg)
-        state = loop.init_state(pipeline, cfg, mesh, source)
+        state = workdir_lib.init_state(pipeline, cfg, mesh, source)
         step = jax.jit(pipeline.train_step)
         losses[name] = []
         for i in range(5):
@@ -124,7 +124,7 @@ def test_bfloat16_model_computes_in_bfloat16():
     config.model.dtype = "bfloat16"
     pipeline = build_pipeline(config)
     source = data_lib.build_source(config.data, "train")
-    batch = loop.example_batch(source, 2)
+    batch = workdir_lib.example_batch(source, 2)
     state = pipeline.init(jax.random.key(0), batch)
     x = jax.numpy.zeros((2, 16, 16, 3))
     out = pipeline.model.apply(

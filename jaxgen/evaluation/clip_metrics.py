@@ -3,8 +3,8 @@ R-precision.
 
 All functions take unit-norm embeddings as numpy arrays, so they are independent of the model
 that produced them. An embedder is any object with ``embed_texts(list[str]) -> [N, D]`` and
-``embed_images(uint8 [N, H, W, 3]) -> [N, D]``; a trained CLIP workdir loaded with
-``load_embedder`` is one.
+``embed_images(uint8 [N, H, W, 3]) -> [N, D]``; a trained CLIP workdir, loaded with
+``jaxgen.load``, is one.
 
 Content, not identity: many ``shapes`` examples show the same content (the same coloured shapes
 in the same relation, at other positions) under other wordings. Retrieval counts a retrieved item
@@ -14,7 +14,6 @@ query's own pair, and R-precision draws its distractor captions from other conte
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Hashable, Sequence
 
 import numpy as np
@@ -190,23 +189,3 @@ def generated_image_metrics(
         "clip_score": clip_score(img, txt),
         "r_precision": r_precision(img, txt, pool[idx]),
     }
-
-
-def embedder_for(config):
-    """The CLIP run at ``config.eval.clip_workdir`` as an embedder, or None when unset."""
-    path = str(config.get("eval", {}).get("clip_workdir", "") or "")
-    return load_embedder(path) if path else None
-
-
-@functools.lru_cache(maxsize=4)
-def load_embedder(workdir: str):
-    """A trained CLIP workdir as an embedder (``embed_texts`` / ``embed_images``)."""
-    from jaxgen import api
-
-    model = api.load(workdir)
-    if not hasattr(model.pipeline, "embed_texts"):
-        raise ValueError(
-            f"{workdir} holds a {model.config.pipeline!r} run, not a CLIP run: it cannot embed "
-            "texts and images."
-        )
-    return model

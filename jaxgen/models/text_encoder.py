@@ -83,7 +83,7 @@ class TextEncoder(nn.Module):
     attention and mean pooling the two came out as one bag of words (measured with CLIP on
     shapes: zero-shot relation accuracy stuck at 0.50 of 4, the axis right and the direction a
     coin flip). No parameter changes shape, so weights cannot tell which attention they were
-    trained with: ``pipelines.clip.load_text_encoder`` checks the setting.
+    trained with: ``pipelines.pretrained.clip_params`` checks the setting.
 
     Attributes:
       vocab_size: token vocabulary size (259 for bytes + PAD/BOS/EOS).

@@ -26,6 +26,10 @@ def get_pipeline_class(name: str) -> type[Pipeline]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def build_pipeline(config) -> Pipeline:
-    """Constructs the pipeline named by ``config.pipeline`` from the whole config."""
-    return get_pipeline_class(config.pipeline)(config)
+def build_pipeline(config, load_run=None) -> Pipeline:
+    """Constructs the pipeline named by ``config.pipeline`` from the whole config.
+
+    ``load_run(workdir)`` loads a trained run the pipeline builds on (``Pipeline.load_run``);
+    ``jaxgen.training.workdir.build_pipeline`` passes the training layer's loader.
+    """
+    return get_pipeline_class(config.pipeline)(config, load_run)

@@ -26,8 +26,21 @@ class Pipeline(abc.ABC):
     #: Whether the family trains on a dataset (style transfer optimises an image instead).
     needs_data: bool = True
 
-    def __init__(self, config):
+    def __init__(self, config, load_run: Callable[[str], Any] | None = None):
         self.config = config
+        self._load_run = load_run
+
+    def load_run(self, workdir: str):
+        """Another trained run this one builds on (a CLIP, a tokenizer): an object with its
+        ``config``, ``pipeline`` and ``state``. Pipelines read no workdir themselves: the
+        training layer passes the loader when it builds them
+        (``jaxgen.training.workdir.build_pipeline``)."""
+        if self._load_run is None:
+            raise ValueError(
+                f"This pipeline needs the trained run in {workdir} but was built without a "
+                "loader: build it with jaxgen.training.workdir.build_pipeline(config)."
+            )
+        return self._load_run(str(workdir))
 
     @abc.abstractmethod
     def init(self, rng: jax.Array, example_batch: dict[str, np.ndarray] | None) -> Any:
@@ -71,7 +84,7 @@ class Pipeline(abc.ABC):
                 f"Re-ranking {k} candidates per prompt needs a trained CLIP: set "
                 "--config.sample.rerank_clip (or eval.clip_workdir) to a CLIP workdir."
             )
-        embedder = clip_metrics.load_embedder(path)
+        embedder = self.load_embedder(path)
         prompts = list(prompts)
         n = len(prompts)
         # Candidate j of prompt i sits at j * n + i: one call, one compiled batch shape.
@@ -111,9 +124,19 @@ class Pipeline(abc.ABC):
     @property
     def clip_embedder(self):
         """The trained CLIP at ``config.eval.clip_workdir`` (loaded once per path), or None."""
-        from jaxgen.evaluation import clip_metrics
+        path = str(self.config.get("eval", {}).get("clip_workdir", "") or "")
+        return self.load_embedder(path) if path else None
 
-        return clip_metrics.embedder_for(self.config)
+    def load_embedder(self, workdir: str):
+        """The trained run at ``workdir`` as an embedder (``embed_texts``, ``embed_images``,
+        ``jaxgen.evaluation.clip_metrics``); ValueError when it cannot embed (not a CLIP)."""
+        run = self.load_run(workdir)
+        if not hasattr(run.pipeline, "embed_texts"):
+            raise ValueError(
+                f"{workdir} holds a {run.config.pipeline!r} run, not a CLIP run: it cannot embed "
+                "texts and images."
+            )
+        return run
 
     def tokenize(self, prompts: Sequence[str] | str) -> np.ndarray:
         """Validates and byte-encodes prompts (``config.data.max_text_len``); raises

@@ -3,15 +3,16 @@
 ``train_and_evaluate(config, workdir)`` builds the pipeline named by the config, shards batches
 over a device mesh, jits the pipeline's pure ``train_step`` with the state donated, and handles
 everything around it: progress, metrics, sample grids, periodic evaluation, checkpoints, resume,
-preemption and non-finite losses. Only this module and ``main.py`` touch the workdir.
+preemption and non-finite losses. Only the training layer and ``main.py`` touch the workdir.
 """
 
-import json
+from __future__ import annotations
+
+import contextlib
 import math
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +22,12 @@ from absl import logging
 from tqdm import tqdm
 
 from jaxgen import data as data_lib
-from jaxgen.pipelines import build_pipeline
+from jaxgen.config import load_experiment
 from jaxgen.training import checkpoint as ckpt_lib
 from jaxgen.training import images as images_lib
 from jaxgen.training import mesh as mesh_lib
 from jaxgen.training import pretrain
+from jaxgen.training import workdir as workdir_lib
 from jaxgen.training.metrics import MetricWriter
 
 
@@ -33,56 +35,264 @@ class NonFiniteLossError(FloatingPointError):
     """A training metric became NaN or Inf; the last good checkpoint is kept."""
 
 
-CONFIG_FILE = "config.json"
-EVAL_FILE = "eval.json"
-EVAL_HISTORY_FILE = "eval_history.jsonl"
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Trains (or resumes) the experiment in ``workdir`` and returns the final evaluation."""
+    # Everything cheap is validated before the workdir is touched or anything pretrains.
+    validate_train_config(config.train)
+    workdir_lib.build_pipeline(config)
+    mesh = mesh_lib.make_mesh(config)
+    mesh_lib.check_batch_size(config.train.batch_size, mesh)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.save_config(config, workdir)  # as given: "pretrain:<name>" stays relative
+    for spec, pretrain_dir in pretrain.pending(config, workdir):
+        logging.info("Pretraining %s in %s.", spec, pretrain_dir)
+        train_and_evaluate(load_experiment(spec), pretrain_dir)
+        pretrain.mark_done(pretrain_dir, spec)
+    config = pretrain.resolve(config, workdir)
+
+    run = Run(config, workdir, mesh)
+    try:
+        preempted = run.train()
+    finally:
+        run.close()  # also on errors (e.g. a NaN loss): in-flight saves of good states finish
+    results = {}
+    if not preempted and run.step > run.start_step:
+        run.write_samples()
+        results = run.evaluate()
+    run.writer.close()
+    return results
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    if jax.process_index() == 0:
-        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+class Run:
+    """One training run in its workdir: the pipeline, its data, its state and its writers.
 
+    A fresh workdir starts from ``pipeline.init`` (and ``warm_start``); a workdir with a
+    checkpoint resumes from the newest readable one, with the data position, the training time
+    and the skipped-step count it saved.
+    """
 
-def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with."""
-    path = Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise ckpt_lib.NoCheckpointError(
-            f"{path} does not exist: {workdir} is not a jaxgen workdir (train into it first)."
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, mesh):
+        self.config, self.workdir, self.mesh = config, workdir, mesh
+        self.pipeline = workdir_lib.build_pipeline(config)
+        self.rngs = workdir_lib.root_rngs(config.seed)
+        tc = config.train
+        self.source, self.iterator = None, None
+        if self.pipeline.needs_data:
+            self.source = data_lib.build_source(config.data, "train")
+            self.iterator = data_lib.make_batch_iterator(
+                self.source,
+                batch_size=tc.batch_size,
+                seed=config.seed,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+        self.checkpointer = ckpt_lib.Checkpointer(
+            workdir / "checkpoints", max_to_keep=tc.get("keep_checkpoints", 3)
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+        self.train_seconds, self.skipped = 0.0, 0
+        if self.checkpointer.latest_step() is None:
+            self.state, self.start_step, self.last_saved = self._fresh_state(), 0, None
+        else:
+            self._resume()
+        self.step = self.start_step
+        self.writer = MetricWriter(workdir, resume_step=self.start_step)
+        self.sample_prompts = self.pipeline.default_prompts(int(config.sample.get("num", 16)))
+
+    def _fresh_state(self):
+        state = workdir_lib.init_state(self.pipeline, self.config, self.mesh, self.source)
+        warm = self.pipeline.warm_start(state)
+        if warm is state:
+            return state
+        # Copies (may_alias=False): warm_start may put one array in several leaves (params and
+        # EMA), and the step donates every leaf.
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        return jax.device_put(warm, shardings, may_alias=False)
+
+    def _resume(self):
+        abstract = workdir_lib.abstract_state(self.pipeline, self.config, self.mesh, self.source)
+        self.state, meta, self.start_step = self.checkpointer.restore(
+            abstract, delete_unreadable=True
+        )
+        self.last_saved = self.start_step
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        self.skipped = int(meta.get("skipped_steps", 0))
+        if self.iterator is not None and meta.get("data") is not None:
+            self.iterator.set_state(meta["data"])
+        logging.info("Resumed from step %d in %s.", self.start_step, self.workdir)
+
+    def compiled_step(self):
+        """The pipeline's step, jitted with the state donated and placed by ``config.mesh``."""
+        step_fn = self.pipeline.train_step
+        if self.config.train.get("skip_nonfinite_updates", False):
+            step_fn = guard_nonfinite(step_fn)
+        shardings = mesh_lib.state_sharding(
+            self.state, self.mesh, mesh_lib.fsdp_min_size(self.config)
+        )
+        logging.info("Mesh %s; %s.", dict(self.mesh.shape), mesh_lib.describe_sharding(shardings))
+        return jax.jit(
+            step_fn, donate_argnums=(0,), out_shardings=(shardings, mesh_lib.replicated(self.mesh))
+        )
+
+    def train(self) -> bool:
+        """Steps until ``train.steps``, ``train.max_minutes`` or SIGTERM, with the periodic
+        logging, checkpoints, sample grids and evaluations. Returns whether it was preempted."""
+        tc = self.config.train
+        train_step = self.compiled_step()
+        every = Schedule(self.config, self.train_seconds)
+        skip_nonfinite = bool(tc.get("skip_nonfinite_updates", False))
+        throughput = Throughput(tc.batch_size)
+        bar = tqdm(
+            total=int(tc.steps),
+            initial=self.step,
+            desc="train",
+            unit="step",
+            disable=jax.process_index() != 0,
+            dynamic_ncols=True,
+        )
+        with bar, _Preemption() as preemption:
+            while self.step < int(tc.steps) and not every.out_of_time(self.train_seconds):
+                t0 = time.perf_counter()
+                batch = self.next_batch()
+                rng = jax.random.fold_in(self.rngs["train"], self.step)
+                self.state, metrics = train_step(self.state, batch, rng)
+                self.step += 1
+                throughput.count()
+                is_last = self.step == int(tc.steps)
+                must_save = every.checkpoint(self.step) or is_last or preemption.requested
+                # Every step's few scalars come to the host (the step is waited on anyway), so a
+                # non-finite value is caught at the step that produced it, before any save.
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                check_finite(host, self.step, skip=skip_nonfinite)
+                self.skipped += int(host.get("skipped", 0.0))
+                if every.log(self.step) or must_save:
+                    host["images_per_second"] = throughput.rate()
+                    host["train_minutes"] = (self.train_seconds + time.perf_counter() - t0) / 60
+                    if skip_nonfinite:
+                        host["skipped_steps"] = self.skipped
+                    self.writer.write_scalars(self.step, host)
+                    bar.set_postfix(
+                        loss=f"{host.get('loss', float('nan')):.4f}",
+                        img_s=f"{host['images_per_second']:.0f}",
+                    )
+                self.train_seconds += time.perf_counter() - t0
+                bar.update(1)
+                if must_save:
+                    self.save()
+                if preemption.requested:
+                    logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", self.step)
+                    break
+                if is_last or every.out_of_time(self.train_seconds):
+                    break  # the final grid and evaluation follow the loop
+                with throughput.paused():  # time spent sampling and judging is not training
+                    if every.sample(self.step):
+                        self.write_samples()
+                    if every.evaluate(self.step, self.train_seconds):
+                        self.evaluate()
+        if every.out_of_time(self.train_seconds):
+            logging.info("Reached train.max_minutes at step %d.", self.step)
+        if self.last_saved != self.step:
+            self.save()
+        return preemption.requested
+
+    def next_batch(self):
+        if self.iterator is None:
+            return None
+        return mesh_lib.to_global(next(self.iterator), self.mesh)
+
+    def save(self) -> None:
+        meta = {
+            "data": self.iterator.get_state() if self.iterator is not None else None,
+            "train_seconds": self.train_seconds,
+            "skipped_steps": self.skipped,
+        }
+        self.checkpointer.save(self.step, self.state, meta)
+        self.last_saved = self.step
+
+    def write_samples(self) -> None:
+        """A grid of ``pipeline.sample_images`` for the default prompts, as PNG and to
+        TensorBoard; the same key every time, so grids of successive steps compare."""
+        rng = jax.random.fold_in(self.rngs["sample"], 0)
+        images = self.pipeline.sample_images(self.state, self.sample_prompts, rng)
+        grid = images_lib.make_grid(np.asarray(images))
+        if jax.process_index() == 0:
+            path = self.workdir / "samples" / f"step_{self.step:07d}.png"
+            images_lib.save_png(grid, path, scale=2)
+            self.writer.write_image(self.step, "samples", grid)
+
+    def evaluate(self) -> dict:
+        rng = jax.random.fold_in(self.rngs["eval"], self.step)
+        results = workdir_lib.run_evaluators(self.pipeline, self.state, rng)
+        minutes = self.train_seconds / 60.0
+        self.writer.write_scalars(self.step, {f"eval/{k}": v for k, v in results.items()})
+        workdir_lib.write_eval(self.workdir, results, self.step, train_minutes=minutes)
+        logging.info(
+            "Evaluation at step %d (%.1f min of training): %s", self.step, minutes, results
+        )
+        return results
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.writer.flush()
 
 
-def root_rngs(seed: int) -> dict[str, jax.Array]:
-    """One root key split once per purpose (init, train, sample, eval)."""
-    names = ("init", "train", "sample", "eval")
-    return dict(zip(names, jax.random.split(jax.random.key(seed), len(names)), strict=True))
+class Schedule:
+    """When the loop logs, saves, samples and evaluates, and when its time is up (from
+    ``config.train``, ``config.sample`` and ``config.eval``). Evaluations by time fall on
+    multiples of ``eval.every_minutes`` of training time, also across a resume."""
+
+    def __init__(self, config: ml_collections.ConfigDict, train_seconds: float):
+        tc = config.train
+        self.max_seconds = 60.0 * float(tc.get("max_minutes", 0) or 0)
+        self.log_every = int(tc.get("log_every", 50))
+        self.checkpoint_every = int(tc.get("checkpoint_every", 1000))
+        self.sample_every = int(config.sample.get("every_steps", 0) or 0)
+        self.eval_every_steps = int(config.eval.get("every_steps", 0) or 0)
+        self.eval_every_seconds = 60.0 * float(config.eval.get("every_minutes", 0) or 0)
+        self.next_eval_seconds = math.inf
+        if self.eval_every_seconds:
+            periods = train_seconds // self.eval_every_seconds + 1
+            self.next_eval_seconds = periods * self.eval_every_seconds
+
+    def out_of_time(self, train_seconds: float) -> bool:
+        return bool(self.max_seconds) and train_seconds >= self.max_seconds
+
+    def log(self, step: int) -> bool:
+        return step % self.log_every == 0
+
+    def checkpoint(self, step: int) -> bool:
+        return step % self.checkpoint_every == 0
+
+    def sample(self, step: int) -> bool:
+        return bool(self.sample_every) and step % self.sample_every == 0
+
+    def evaluate(self, step: int, train_seconds: float) -> bool:
+        due = bool(self.eval_every_steps) and step % self.eval_every_steps == 0
+        if train_seconds >= self.next_eval_seconds:
+            due, self.next_eval_seconds = True, self.next_eval_seconds + self.eval_every_seconds
+        return due
 
 
-def example_batch(source, n: int = 1) -> dict[str, np.ndarray]:
-    """A small numpy batch with the source's shapes and dtypes, for ``init``."""
-    items = [source[i] for i in range(n)]
-    return {k: np.stack([it[k] for it in items]) for k in items[0]}
+class Throughput:
+    """Images per second over the steps since the last ``rate()``, less paused time."""
 
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.start, self.steps = time.perf_counter(), 0
 
-def init_state(pipeline, config, mesh, source) -> Any:
-    """The initial state, placed on the mesh (replicated, or split over ``fsdp``)."""
-    batch = example_batch(source) if source is not None else None
-    rng = root_rngs(config.seed)["init"]
-    abstract = jax.eval_shape(pipeline.init, rng, batch)
-    shardings = mesh_lib.state_sharding(abstract, mesh, mesh_lib.fsdp_min_size(config))
-    return jax.jit(pipeline.init, out_shardings=shardings)(rng, batch)
+    def count(self) -> None:
+        self.steps += 1
 
+    def rate(self) -> float:
+        rate = self.steps * self.batch_size / (time.perf_counter() - self.start)
+        self.start, self.steps = time.perf_counter(), 0
+        return rate
 
-def abstract_state(pipeline, config, mesh, source) -> Any:
-    """Shapes, dtypes and shardings of the state, without computing it."""
-    batch = example_batch(source) if source is not None else None
-    abstract = jax.eval_shape(pipeline.init, root_rngs(config.seed)["init"], batch)
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract,
-        mesh_lib.state_sharding(abstract, mesh, mesh_lib.fsdp_min_size(config)),
-    )
+    @contextlib.contextmanager
+    def paused(self):
+        t0 = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - t0
 
 
 def guard_nonfinite(train_step):
@@ -105,25 +315,9 @@ def guard_nonfinite(train_step):
     return step
 
 
-def restore_state(pipeline, config, workdir: str | Path, mesh=None, source=None):
-    """Loads the newest checkpoint of a workdir. Returns ``(state, meta, step)``."""
-    mesh = mesh or mesh_lib.make_mesh(config)
-    ckpt_dir = Path(workdir) / "checkpoints"
-    if not ckpt_dir.exists():
-        raise ckpt_lib.NoCheckpointError(
-            f"No checkpoints in {workdir}: train first with "
-            f"`python -m jaxgen.main --config=... --workdir={workdir}`."
-        )
-    if source is None and pipeline.needs_data:
-        source = data_lib.build_source(config.data, "train")
-    checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
-    try:
-        return checkpointer.restore(abstract_state(pipeline, config, mesh, source))
-    finally:
-        checkpointer.close()
-
-
-def _check_finite(metrics: dict[str, float], step: int, skip: bool = False) -> None:
+def check_finite(metrics: dict[str, float], step: int, skip: bool = False) -> None:
+    """Raises ``NonFiniteLossError`` naming the bad metrics, or with ``skip`` only warns (the
+    guarded step has already left the state unchanged)."""
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad and skip:
         logging.warning(
@@ -137,25 +331,6 @@ def _check_finite(metrics: dict[str, float], step: int, skip: bool = False) -> N
             f"Non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)} at step {step}; "
             "stopping. The last good checkpoint is kept in the workdir."
         )
-
-
-def run_evaluators(pipeline, state, rng) -> dict[str, float]:
-    """Runs every evaluator of the pipeline and merges their results."""
-    results = {}
-    for i, evaluator in enumerate(pipeline.evaluators()):
-        results.update(evaluator(state, jax.random.fold_in(rng, i)))
-    return results
-
-
-def write_eval(workdir: Path, results: dict, step: int, train_minutes: float | None = None):
-    """Writes ``eval.json`` (latest) and appends to ``eval_history.jsonl``."""
-    if jax.process_index() != 0:
-        return
-    record = {"step": int(step), **({"train_minutes": train_minutes} if train_minutes else {})}
-    record.update({k: float(v) for k, v in results.items()})
-    (workdir / EVAL_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
-    with open(workdir / EVAL_HISTORY_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 class _Preemption:
@@ -198,174 +373,3 @@ def validate_train_config(tc) -> None:
         value = tc.get(key)
         if value is not None and not (math.isfinite(float(value)) and ok(float(value))):
             raise ValueError(f"train.{key} must be {what}, got {value!r}.")
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Trains (or resumes) the experiment in ``workdir`` and returns the final evaluation."""
-    # Validate everything cheap before touching the workdir.
-    validate_train_config(config.train)
-    build_pipeline(config)  # validates the pipeline's settings before any pretraining
-    mesh = mesh_lib.make_mesh(config)
-    tc = config.train
-    mesh_lib.check_batch_size(tc.batch_size, mesh)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(config, workdir)  # as given: "pretrain:<name>" references stay relative
-    config = pretrain.resolve(config, workdir, train=True)
-    pipeline = build_pipeline(config)
-    rngs = root_rngs(config.seed)
-
-    source = data_lib.build_source(config.data, "train") if pipeline.needs_data else None
-    iterator = None
-    if source is not None:
-        iterator = data_lib.make_batch_iterator(
-            source,
-            batch_size=tc.batch_size,
-            seed=config.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-    checkpointer = ckpt_lib.Checkpointer(
-        workdir / "checkpoints", max_to_keep=tc.get("keep_checkpoints", 3)
-    )
-    start_step, train_seconds, skipped = 0, 0.0, 0
-    if checkpointer.latest_step() is None:
-        state = init_state(pipeline, config, mesh, source)
-        warm = pipeline.warm_start(state)
-        if warm is not state:
-            # Copies (may_alias=False): warm_start may put one array in several leaves (params
-            # and EMA), and the step donates every leaf.
-            shardings = jax.tree.map(lambda x: x.sharding, state)
-            state = jax.device_put(warm, shardings, may_alias=False)
-    else:
-        state, meta, start_step = checkpointer.restore(
-            abstract_state(pipeline, config, mesh, source), delete_unreadable=True
-        )
-        train_seconds = float(meta.get("train_seconds", 0.0))
-        skipped = int(meta.get("skipped_steps", 0))
-        if iterator is not None and meta.get("data") is not None:
-            iterator.set_state(meta["data"])
-        logging.info("Resumed from step %d in %s.", start_step, workdir)
-
-    skip_nonfinite = bool(tc.get("skip_nonfinite_updates", False))
-    step_fn = guard_nonfinite(pipeline.train_step) if skip_nonfinite else pipeline.train_step
-    shardings = mesh_lib.state_sharding(state, mesh, mesh_lib.fsdp_min_size(config))
-    logging.info("Mesh %s; %s.", dict(mesh.shape), mesh_lib.describe_sharding(shardings))
-    train_step = jax.jit(
-        step_fn, donate_argnums=(0,), out_shardings=(shardings, mesh_lib.replicated(mesh))
-    )
-    writer = MetricWriter(workdir, resume_step=start_step)
-    num_steps = int(tc.steps)
-    max_seconds = 60.0 * float(tc.get("max_minutes", 0) or 0)
-    log_every = int(tc.get("log_every", 50))
-    ckpt_every = int(tc.get("checkpoint_every", 1000))
-    sample_every = int(config.sample.get("every_steps", 0) or 0)
-    eval_every_steps = int(config.eval.get("every_steps", 0) or 0)
-    eval_every_seconds = 60.0 * float(config.eval.get("every_minutes", 0) or 0)
-    next_eval_seconds = (
-        (train_seconds // eval_every_seconds + 1) * eval_every_seconds
-        if (eval_every_seconds)
-        else math.inf
-    )
-    sample_prompts = pipeline.default_prompts(int(config.sample.get("num", 16)))
-
-    def meta() -> dict:
-        return {
-            "data": iterator.get_state() if iterator is not None else None,
-            "train_seconds": train_seconds,
-            "skipped_steps": skipped,
-        }
-
-    def write_samples(step: int) -> None:
-        imgs = pipeline.sample_images(state, sample_prompts, jax.random.fold_in(rngs["sample"], 0))
-        grid = images_lib.make_grid(np.asarray(imgs))
-        if jax.process_index() == 0:
-            images_lib.save_png(grid, workdir / "samples" / f"step_{step:07d}.png", scale=2)
-            writer.write_image(step, "samples", grid)
-
-    def evaluate(step: int) -> dict:
-        results = run_evaluators(pipeline, state, jax.random.fold_in(rngs["eval"], step))
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
-        write_eval(workdir, results, step, train_minutes=train_seconds / 60.0)
-        logging.info(
-            "Evaluation at step %d (%.1f min of training): %s", step, train_seconds / 60.0, results
-        )
-        return results
-
-    step = start_step
-    last_saved = start_step if checkpointer.latest_step() is not None else None
-    results = {}
-    window_start, window_steps = time.perf_counter(), 0
-    bar = tqdm(
-        total=num_steps,
-        initial=start_step,
-        desc="train",
-        unit="step",
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
-    )
-    try:
-        with _Preemption() as preemption:
-            while step < num_steps:
-                if max_seconds and train_seconds >= max_seconds:
-                    logging.info("Reached train.max_minutes at step %d.", step)
-                    break
-                t0 = time.perf_counter()
-                batch = mesh_lib.to_global(next(iterator), mesh) if iterator is not None else None
-                state, metrics = train_step(state, batch, jax.random.fold_in(rngs["train"], step))
-                step += 1
-                window_steps += 1
-                is_last = step == num_steps
-                must_save = step % ckpt_every == 0 or is_last or preemption.requested
-                # Every step's few scalars come to the host (the step is waited on anyway), so
-                # a non-finite value is caught at the step that produced it, before any save.
-                host_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(host_metrics, step, skip=skip_nonfinite)
-                skipped += int(host_metrics.get("skipped", 0.0))
-                if step % log_every == 0 or must_save:
-                    elapsed = time.perf_counter() - window_start
-                    host_metrics["images_per_second"] = window_steps * tc.batch_size / elapsed
-                    host_metrics["train_minutes"] = (train_seconds + time.perf_counter() - t0) / 60
-                    if skip_nonfinite:
-                        host_metrics["skipped_steps"] = skipped
-                    writer.write_scalars(step, host_metrics)
-                    bar.set_postfix(
-                        loss=f"{host_metrics.get('loss', float('nan')):.4f}",
-                        img_s=f"{host_metrics['images_per_second']:.0f}",
-                    )
-                    window_start, window_steps = time.perf_counter(), 0
-                train_seconds += time.perf_counter() - t0
-                bar.update(1)
-                if must_save:
-                    checkpointer.save(step, state, meta())
-                    last_saved = step
-                if preemption.requested:
-                    logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", step)
-                    break
-                paused = time.perf_counter()
-                if is_last:
-                    break  # The final grid and evaluation follow the loop.
-                if max_seconds and train_seconds >= max_seconds:
-                    continue  # The time is up: the final grid and evaluation follow the loop.
-                if sample_every and step % sample_every == 0:
-                    write_samples(step)
-                if (eval_every_steps and step % eval_every_steps == 0) or (
-                    train_seconds >= next_eval_seconds
-                ):
-                    results = evaluate(step)
-                    next_eval_seconds += eval_every_seconds
-                # Time spent sampling and judging is not training time.
-                window_start += time.perf_counter() - paused
-        preempted = preemption.requested
-        if last_saved != step:
-            checkpointer.save(step, state, meta())
-    finally:
-        # Also on errors (e.g. a NaN loss): let in-flight saves of good states finish.
-        bar.close()
-        checkpointer.close()
-        writer.flush()
-    if not preempted and step > start_step:
-        write_samples(step)
-        results = evaluate(step)
-    writer.close()
-    return results

@@ -2,20 +2,23 @@
 
 A config lists them as ``config.pretrain.<name> = "<experiment>[:variant]"`` and refers to one by
 the string ``"pretrain:<name>"`` anywhere a workdir path is expected, e.g. DDPM's
-``model.text_init = "pretrain:clip"``. ``resolve`` trains each referenced run (once: a finished
-run leaves ``done.json``; an interrupted one resumes) into ``<workdir>/pretrain/<name>`` and
-replaces the reference by that path. Unreferenced entries cost nothing, so a config can offer one
-that the user switches on with a single override. Training time of a pretraining run is its own
-(its workdir's ``eval.json``), not counted in the main run's ``train.max_minutes``.
+``model.text_init = "pretrain:clip"``. The training loop trains each referenced run (once: a
+finished run leaves ``done.json``; an interrupted one resumes) into ``<workdir>/pretrain/<name>``
+and ``resolve`` replaces the reference by that path. Unreferenced entries cost nothing, so a
+config can offer one that the user switches on with a single override. Training time of a
+pretraining run is its own (its workdir's ``eval.json``), not counted in the main run's
+``train.max_minutes``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
 import ml_collections
-from absl import logging
+
+from jaxgen.training.checkpoint import NoCheckpointError
 
 PREFIX = "pretrain:"
 DONE_FILE = "done.json"
@@ -51,42 +54,36 @@ def run_dir(workdir: str | Path, name: str) -> Path:
     return Path(workdir) / "pretrain" / name
 
 
-def resolve(
-    config: ml_collections.ConfigDict, workdir: str | Path, train: bool = False
-) -> ml_collections.ConfigDict:
+def pending(config: ml_collections.ConfigDict, workdir: str | Path) -> list[tuple[str, Path]]:
+    """``(experiment spec, run dir)`` of each referenced pretraining run not yet finished, for
+    the training loop to train (and ``mark_done``) before ``resolve``."""
+    names = _check_references(config)
+    specs = config.get("pretrain") or {}
+    runs = [(specs[name], run_dir(workdir, name)) for name in sorted(names)]
+    return [(spec, sub) for spec, sub in runs if not (sub / DONE_FILE).exists()]
+
+
+def mark_done(run: Path, spec: str) -> None:
+    """Records that the pretraining run in ``run`` finished (``pending`` skips it from now)."""
+    if jax.process_index() == 0:
+        (run / DONE_FILE).write_text(json.dumps({"experiment": spec}) + "\n")
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: str | Path) -> ml_collections.ConfigDict:
     """A copy of ``config`` with every ``"pretrain:<name>"`` replaced by that run's workdir.
 
-    Args:
-      config: the experiment config.
-      workdir: the experiment's workdir.
-      train: train referenced runs that are not finished (the training loop); otherwise a
-        missing run is an error (loading a workdir for sampling or evaluation).
+    Raises ``NoCheckpointError`` for a referenced run that holds no checkpoint (the training
+    loop trains the ``pending`` ones first; loading a workdir for sampling does not).
     """
-    names = references(config)
+    names = _check_references(config)
     if not names:
         return config
     specs = config.get("pretrain") or {}
-    unknown = sorted(names - set(specs))
-    if unknown:
-        raise ValueError(
-            f"The config refers to pretraining run(s) {unknown} that config.pretrain does not "
-            f"define; defined: {sorted(specs) or 'none'}."
-        )
-    from jaxgen.config import load_experiment
-    from jaxgen.training import checkpoint as ckpt_lib
-
     paths = {}
     for name in sorted(names):
         sub = run_dir(workdir, name)
-        if train and not (sub / DONE_FILE).exists():
-            from jaxgen.training.loop import train_and_evaluate
-
-            logging.info("Pretraining %r (%s) in %s.", name, specs[name], sub)
-            train_and_evaluate(load_experiment(specs[name]), sub)
-            if jax.process_index() == 0:
-                (sub / DONE_FILE).write_text(f'{{"experiment": "{specs[name]}"}}\n')
-        elif not (sub / "checkpoints").exists():
-            raise ckpt_lib.NoCheckpointError(
+        if not (sub / "checkpoints").exists():
+            raise NoCheckpointError(
                 f"{sub} holds no checkpoint: the pretraining run {name!r} ({specs[name]}) of "
                 f"{workdir} has not been trained; train {workdir} first."
             )
@@ -94,3 +91,15 @@ def resolve(
     config = ml_collections.ConfigDict(config.to_dict())
     _replace(config, paths)
     return config
+
+
+def _check_references(config) -> set[str]:
+    names = references(config)
+    specs = config.get("pretrain") or {}
+    unknown = sorted(names - set(specs))
+    if unknown:
+        raise ValueError(
+            f"The config refers to pretraining run(s) {unknown} that config.pretrain does not "
+            f"define; defined: {sorted(specs) or 'none'}."
+        )
+    return names
