@@ -20,11 +20,7 @@ from jaxgen.models.layers import (
 )
 from jaxgen.models.text_encoder import BOS_ID, EOS_ID, PAD_ID, TextEncoder
 from jaxgen.models.unet import (
-    AttnBlock,
-    TextParse,
     UNet,
-    coordinate_channels,
-    relative_offset_index,
 )
 
 TINY_TEXT = dict(max_len=16, width=32, depth=1, num_heads=2)
@@ -148,68 +144,14 @@ def test_attention_per_query_mask_matches_reference():
         )
 
 
-def test_attention_bias_matches_reference():
+def test_attention_matches_reference():
     q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 2, 4)) for i in range(3))
-    bias = jax.random.normal(jax.random.key(5), (2, 3, 3))
-    out = attention(q, k, v, bias=bias)
+    out = attention(q, k, v)
     for b in range(2):
-        logits = np.einsum("qnd,knd->nqk", q[b], k[b]) / 2.0 + np.asarray(bias)
+        logits = np.einsum("qnd,knd->nqk", q[b], k[b]) / 2.0  # 1 / sqrt(D), D = 4
         w = np.exp(logits - logits.max(-1, keepdims=True))
         w /= w.sum(-1, keepdims=True)
         np.testing.assert_allclose(out[b], np.einsum("nqk,knd->qnd", w, v[b]), rtol=1e-5, atol=1e-5)
-
-
-def test_relative_offset_index_by_hand():
-    idx = relative_offset_index(2, 3)  # offsets (dy, dx) in a table of 3 x 5 rows
-    chex.assert_shape(idx, (6, 6))
-    # query (0, 0) -> key (0, 1): (dy, dx) = (0, 1) -> (0 + 1) * 5 + 1 + 2 = 8
-    assert idx[0, 1] == 8
-    # query (1, 2) -> key (0, 0): (-1, -2) -> row 0; the same pixel: (0, 0) -> the centre, 7
-    assert idx[5, 0] == 0
-    assert set(np.diag(idx)) == {7}
-    # one offset, one row, wherever the pair sits: (0, 0)->(1, 1) and (0, 1)->(1, 2)
-    assert idx[0, 4] == idx[1, 5] == 2 * 5 + 3
-    assert idx.min() == 0 and idx.max() == 3 * 5 - 1
-
-
-def test_attention_block_relative_bias_steers_each_pixel_to_its_neighbour():
-    """A bias of 50 on the offset "one column right" makes every pixel but the last column's
-    attend to its right neighbour alone: the block adds that neighbour's projected value."""
-    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 8))
-    block = AttnBlock(num_heads=2, norm_groups=4, rel_pos_bias=True)
-    params = perturb(block.init(jax.random.key(1), x)["params"], jax.random.key(2))
-    plain = AttnBlock(num_heads=2, norm_groups=4)
-    no_bias = {k: v for k, v in params.items() if k != "rel_pos_bias"}
-    zero = dict(params, rel_pos_bias=jnp.zeros_like(params["rel_pos_bias"]))
-    np.testing.assert_allclose(
-        block.apply({"params": zero}, x), plain.apply({"params": no_bias}, x), rtol=1e-5
-    )
-    assert params["rel_pos_bias"].shape == (7 * 7, 2)
-    right = (0 + 3) * 7 + 1 + 3  # (dy, dx) = (0, 1)
-    table = jnp.zeros((49, 2)).at[right].set(50.0)
-    out = block.apply({"params": dict(params, rel_pos_bias=table)}, x)
-    h = GroupNorm(4).apply({"params": params["norm"]}, x).reshape(16, 8)
-    v = (h @ params["qkv"]["kernel"] + params["qkv"]["bias"]).reshape(16, 3, 8)[:, 2]
-    proj = v @ params["proj_out"]["kernel"] + params["proj_out"]["bias"]
-    want = np.asarray(x).reshape(16, 8) + np.roll(np.asarray(proj), -1, axis=0)  # pixel p + 1
-    got = np.asarray(out).reshape(16, 8)
-    inner = np.arange(16) % 4 != 3
-    np.testing.assert_allclose(got[inner], want[inner], rtol=1e-4, atol=1e-4)
-
-
-def test_unet_relative_bias_only_in_self_attention():
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    t, tokens = jnp.array([3, 500]), jnp.asarray(np.stack([encode("a red circle", 16)] * 2))
-    model = tiny_unet(rel_pos_bias=True)
-    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
-    with_bias = sorted(k for k, v in params.items() if "rel_pos_bias" in v)
-    assert with_bias and all(k.endswith("_attn") for k in with_bias), with_bias
-    assert "mid_attn" in with_bias and params["mid_attn"]["rel_pos_bias"].shape == (15 * 15, 2)
-    plain = {k: {n: p for n, p in v.items() if n != "rel_pos_bias"} for k, v in params.items()}
-    # Zero at initialisation: the same output as the UNet without it.
-    out = jax.jit(model.apply)({"params": params}, x, t, tokens)
-    ref = jax.jit(model.clone(rel_pos_bias=False).apply)({"params": plain}, x, t, tokens)
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_upsample_nearest():
@@ -366,109 +308,6 @@ def test_unet_shapes_train_mode(size, kw):
         chex.assert_trees_all_equal(
             fwd(params, jax.random.key(3), False), fwd(params, jax.random.key(4), False)
         )
-
-
-def test_coordinate_channels_closed_form():
-    grid = np.asarray(coordinate_channels((2, 3, 5)))
-    chex.assert_shape(grid, (2, 3, 5, 2))
-    rows, cols = np.meshgrid(np.arange(3), np.arange(5), indexing="ij")
-    np.testing.assert_allclose(grid[1, ..., 0], -1 + 2 * rows / 2, atol=1e-6)
-    np.testing.assert_allclose(grid[1, ..., 1], -1 + 2 * cols / 4, atol=1e-6)
-    np.testing.assert_array_equal(grid[0], grid[1])
-
-
-def test_unet_coord_channels_feed_the_first_conv():
-    """With patches of 2, conv_in sees 3 * 4 pixel channels plus the row and column channels."""
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    t = jnp.array([3, 500])
-    model = tiny_unet(text_encoder=None, patch_size=2, coord_channels=True)
-    params = perturb(jax.jit(model.init)(jax.random.key(1), x, t)["params"], jax.random.key(2))
-    kernel = params["conv_in"]["kernel"]
-    assert kernel.shape[-2] == 3 * 4 + 2
-    plain = model.clone(coord_channels=False)
-    assert plain.init(jax.random.key(1), x, t)["params"]["conv_in"]["kernel"].shape[-2] == 12
-    fwd = jax.jit(lambda p: model.apply({"params": p}, x, t))
-    out = fwd(params)
-    chex.assert_shape(out, (2, 16, 16, 3))
-    # The coordinate weights are wired in: zeroing them changes the output.
-    cut = dict(params, conv_in=dict(params["conv_in"], kernel=kernel.at[:, :, 12:].set(0.0)))
-    assert not np.allclose(out, fwd(cut), atol=1e-4)
-
-
-def test_unet_text_adapter_feeds_cross_attention_and_time_embedding():
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    t = jnp.array([3, 500])
-    tokens = jnp.asarray(np.stack([encode("a red circle", 16), encode("a blue square", 16)]))
-    model = tiny_unet(text_adapter_depth=2)
-    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
-    params = perturb(params, jax.random.key(2))
-    adapter = {k for k in params if k.startswith("text_adapter")}
-    assert adapter == {
-        "text_adapter_pos",
-        "text_adapter_0",
-        "text_adapter_1",
-        "text_adapter_ln",
-        "text_adapter_proj",
-    }
-    assert params["text_adapter_pos"].shape == (16, TINY_TEXT["width"])
-    plain = tiny_unet().init(jax.random.key(1), x, t, tokens)["params"]
-    assert not any(k.startswith("text_adapter") for k in plain)
-    fwd = jax.jit(lambda p: model.apply({"params": p}, x, t, tokens))
-    out = fwd(params)
-    chex.assert_shape(out, (2, 16, 16, 3))
-
-    def zeroed(p, name):
-        return dict(p, **{name: jax.tree.map(jnp.zeros_like, p[name])})
-
-    # Both paths are wired: the pooled projection into the time embedding ...
-    no_proj = zeroed(params, "text_adapter_proj")
-    assert not np.allclose(out, fwd(no_proj), atol=1e-4)
-    # ... and, with that projection cut, the cross-attention (here through the position
-    # embedding, which only the adapter's output carries).
-    assert not np.allclose(fwd(no_proj), fwd(zeroed(no_proj, "text_adapter_pos")), atol=1e-4)
-
-
-def test_unet_parse_tokens_feed_cross_attention_and_time_embedding():
-    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    t = jnp.array([3, 500])
-    tokens = jnp.asarray(np.stack([encode("a red circle", 16), encode("a blue square", 16)]))
-    model = tiny_unet(parse_classes=(3, 5))
-    params = jax.jit(model.init)(jax.random.key(1), x, t, tokens)["params"]
-    params = perturb(params, jax.random.key(2))
-    width = TINY_TEXT["width"]
-    chex.assert_shape(
-        [params["text_parse"]["parse_0"]["kernel"], params["text_parse"]["parse_1"]["kernel"]],
-        [(width, 3), (width, 5)],
-    )
-    chex.assert_shape(
-        [params["parse_token_0"]["kernel"], params["parse_token_1"]["kernel"]],
-        [(3, width), (5, width)],
-    )
-    chex.assert_shape(params["parse_proj"]["kernel"], (3 + 5, 4 * 16))
-    assert not any(
-        k.startswith("parse") or k == "text_parse"
-        for k in tiny_unet().init(jax.random.key(1), x, t, tokens)["params"]
-    )
-    # The heads are linear maps of the encoder's pooled state, as CLIP's (numpy by hand).
-    _, pooled, _ = TextEncoder(**TINY_TEXT).apply({"params": params["text_encoder"]}, tokens)
-    logits = TextParse((3, 5)).apply({"params": params["text_parse"]}, pooled)
-    for i, lg in enumerate(logits):
-        head = jax.tree.map(np.asarray, params["text_parse"][f"parse_{i}"])
-        want = np.asarray(pooled, np.float64) @ head["kernel"] + head["bias"]
-        np.testing.assert_allclose(lg, want, rtol=1e-5, atol=1e-5)
-    fwd = jax.jit(lambda p: model.apply({"params": p}, x, t, tokens))
-    out = fwd(params)
-    chex.assert_shape(out, (2, 16, 16, 3))
-
-    def zeroed(p, *names):
-        return dict(p, **{n: jax.tree.map(jnp.zeros_like, p[n]) for n in names})
-
-    # Both paths are wired: the probabilities' projection into the time embedding ...
-    no_proj = zeroed(params, "parse_proj")
-    assert not np.allclose(out, fwd(no_proj), atol=1e-4)
-    # ... and, with that cut, the tokens the cross-attention reads.
-    cut = zeroed(no_proj, "parse_token_0", "parse_token_1")
-    assert not np.allclose(fwd(no_proj), fwd(cut), atol=1e-4)
 
 
 def test_unet_requires_tokens_when_conditional():

@@ -129,7 +129,6 @@ def attention(
     k: jax.Array,
     v: jax.Array,
     mask: jax.Array | None = None,
-    bias: jax.Array | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention, softmax in float32.
 
@@ -139,15 +138,12 @@ def attention(
       v: values ``[B, K, N, D]``.
       mask: optional bool ``[B, K]`` (per key) or ``[B, Q, K]`` (per query and key); False keys get
         zero weight. A row with no True key attends uniformly (no NaN).
-      bias: optional ``[N, Q, K]`` added to every example's logits (e.g. a position bias).
 
     Returns:
       ``[B, Q, N, D]`` in ``q.dtype``.
     """
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)[None]
     if mask is not None:
         mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)

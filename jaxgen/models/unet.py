@@ -20,7 +20,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxgen.models.layers import (
     Dtype,
@@ -32,7 +31,7 @@ from jaxgen.models.layers import (
     timestep_embedding,
     upsample_nearest,
 )
-from jaxgen.models.text_encoder import EncoderBlock, TextEncoder, masked_mean
+from jaxgen.models.text_encoder import TextEncoder
 
 
 class ResBlock(nn.Module):
@@ -107,16 +106,11 @@ class AttnBlock(nn.Module):
       num_heads: attention heads (channels must divide by it).
       norm_groups: requested GroupNorm groups.
       dtype: compute dtype.
-      rel_pos_bias: self-attention only: a learned bias per head and relative offset
-        ``(dy, dx)`` between query and key pixel, added to the logits (as Swin and T5 do), so
-        that a pixel can tell what lies left of it from what lies right of it. Zero at
-        initialisation.
     """
 
     num_heads: int = 1
     norm_groups: int = 32
     dtype: Dtype = jnp.float32
-    rel_pos_bias: bool = False
 
     @nn.compact
     def __call__(
@@ -148,38 +142,9 @@ class AttnBlock(nn.Module):
             kv = dense(2 * c, self.dtype, name="kv")(context.astype(self.dtype))
             kv = kv.reshape(b, context.shape[1], 2, nh, hd)
             k, v = kv[:, :, 0], kv[:, :, 1]
-        bias = None
-        if self.rel_pos_bias and context is None:
-            table = self.param(
-                "rel_pos_bias", nn.initializers.zeros, ((2 * hgt - 1) * (2 * wid - 1), nh)
-            )
-            bias = jnp.transpose(table[relative_offset_index(hgt, wid)], (2, 0, 1))
-        h = attention(q, k, v, context_mask, bias).reshape(b, hgt * wid, c)
+        h = attention(q, k, v, context_mask).reshape(b, hgt * wid, c)
         h = dense(c, self.dtype, zero=True, name="proj_out")(h)
         return x + h.reshape(b, hgt, wid, c)
-
-
-def relative_offset_index(height: int, width: int) -> np.ndarray:
-    """int ``[HW, HW]``: for query pixel q and key pixel k (row-major), the index of their
-    offset ``(dy, dx) = (k_row - q_row, k_col - q_col)`` in a table of ``(2H - 1) (2W - 1)``
-    rows, ``(dy + H - 1) (2W - 1) + dx + W - 1``."""
-    rows, cols = np.divmod(np.arange(height * width), width)
-    dy = rows[None, :] - rows[:, None] + height - 1
-    dx = cols[None, :] - cols[:, None] + width - 1
-    return dy * (2 * width - 1) + dx
-
-
-class TextParse(nn.Module):
-    """One linear head per field of a caption's parse over a text encoder's pooled state, named
-    as CLIP's (``parse_0``, ``parse_1`` ...) so that a CLIP run's trained heads load as they
-    are. Returns a tuple of float32 ``[B, k]`` logits, one per entry k of ``classes``."""
-
-    classes: tuple[int, ...]
-
-    @nn.compact
-    def __call__(self, pooled: jax.Array) -> tuple[jax.Array, ...]:
-        x = pooled.astype(jnp.float32)
-        return tuple(nn.Dense(k, name=f"parse_{i}")(x) for i, k in enumerate(self.classes))
 
 
 class UNet(nn.Module):
@@ -210,28 +175,6 @@ class UNet(nn.Module):
         them after the last (space-to-depth, as in "simple diffusion", Hoogeboom et al. 2023):
         the UNet then runs at ``H / p``, cutting the cost of the high-resolution levels by
         ``p ** 2`` while every output pixel keeps its own output channel. 1 = off.
-      coord_channels: append two channels holding each pixel's row and column, in [-1, 1], to
-        the first conv's input (CoordConv, Liu et al. 2018). Without them only the zero padding
-        tells a feature where it is, and attention has no position embedding. Measured on
-        shapes, it did not change the relation accuracy (README).
-      rel_pos_bias: a learned relative position bias in every self-attention block
-        (``AttnBlock.rel_pos_bias``).
-      text_adapter_depth: transformer blocks (``text_encoder.EncoderBlock``, bidirectional)
-        that the UNet runs over the text encoder's token states, with a fresh position
-        embedding added first; the cross-attention reads their output, and their masked mean
-        adds a second pooled projection to the time embedding. They train with the UNet even
-        when the text encoder is frozen, so the denoising loss itself can teach the text states
-        what a frozen CLIP left out (which object a colour belongs to, which comes first).
-        0 = off.
-      parse_classes: the class count of each field of a caption's parse (``shapes.PARSE_FIELDS``:
-        the left or upper object's colour, shape and size, the other object's, the axis). When
-        set, linear heads on the text encoder's pooled state (``params["text_parse"]``, the
-        parse heads of a CLIP trained with ``clip.py:parse``, loaded and frozen with the
-        encoder) read each field's class probabilities; each field's probabilities become one
-        more cross-attention token (a dense layer per field) and, concatenated, one more
-        projection added to the time embedding. The parse lists the objects in spatial order,
-        so a pixel need not work out from the words which object the relation puts on its
-        side: the left object is always the first field's. () = off.
     """
 
     ch: int = 64
@@ -249,34 +192,6 @@ class UNet(nn.Module):
     film: bool = True
     conv_impl: str = "auto"
     patch_size: int = 1
-    coord_channels: bool = False
-    text_adapter_depth: int = 0
-    rel_pos_bias: bool = False
-    parse_classes: Sequence[int] = ()
-
-    def _adapt_text(self, context: jax.Array, mask: jax.Array) -> jax.Array:
-        """``text_adapter_depth`` blocks over ``[B, L, W]`` token states (see the attribute)."""
-        length, width = context.shape[1:]
-        pos = self.param("text_adapter_pos", nn.initializers.normal(0.02), (length, width))
-        h = context + pos.astype(context.dtype)[None]
-        heads = max(1, width // 32)
-        for i in range(self.text_adapter_depth):
-            h = EncoderBlock(heads, dtype=self.dtype, name=f"text_adapter_{i}")(h, mask)
-        return nn.LayerNorm(dtype=self.dtype, name="text_adapter_ln")(h)
-
-    def _parse_tokens(self, pooled, context, mask):
-        """``parse_classes``' tokens appended to ``context`` ``[B, L, W]`` and ``mask``, and the
-        fields' class probabilities concatenated, ``[B, sum(parse_classes)]``."""
-        logits = TextParse(tuple(self.parse_classes), name="text_parse")(pooled)
-        probs = [jax.nn.softmax(lg).astype(self.dtype) for lg in logits]
-        width = context.shape[-1]
-        tokens = jnp.stack(
-            [dense(width, self.dtype, name=f"parse_token_{i}")(p) for i, p in enumerate(probs)],
-            axis=1,
-        ).astype(context.dtype)
-        context = jnp.concatenate([context, tokens], axis=1)
-        mask = jnp.concatenate([mask, jnp.ones(tokens.shape[:2], mask.dtype)], axis=1)
-        return context, mask, jnp.concatenate(probs, axis=-1)
 
     @nn.compact
     def __call__(
@@ -324,13 +239,6 @@ class UNet(nn.Module):
                 encoder = TextEncoder(**{"dtype": self.dtype, **encoder}, name="text_encoder")
             context, pooled, context_mask = encoder(tokens, train=train)
             emb = emb + dense(emb_dim, self.dtype, name="text_proj")(pooled)
-            if self.text_adapter_depth:
-                context = self._adapt_text(context, context_mask)
-                adapted = masked_mean(context, context_mask)
-                emb = emb + dense(emb_dim, self.dtype, name="text_adapter_proj")(adapted)
-            if self.parse_classes:
-                context, context_mask, parse = self._parse_tokens(pooled, context, context_mask)
-                emb = emb + dense(emb_dim, self.dtype, name="parse_proj")(parse)
         cross = set(self.cross_attn_resolutions) if context is not None else set()
         # Every res block applies SiLU then its own projection; compute the SiLU once.
         emb = nn.silu(emb)
@@ -338,7 +246,7 @@ class UNet(nn.Module):
         def attend(h: jax.Array, name: str, middle: bool = False) -> jax.Array:
             res = h.shape[1]
             if middle or res in self.attn_resolutions:
-                h = AttnBlock(**attn_kw, rel_pos_bias=self.rel_pos_bias, name=f"{name}_attn")(h)
+                h = AttnBlock(**attn_kw, name=f"{name}_attn")(h)
             if (middle and cross) or res in cross:
                 h = AttnBlock(**attn_kw, name=f"{name}_xattn")(h, context, context_mask)
             return h
@@ -347,8 +255,6 @@ class UNet(nn.Module):
         if x.shape[1] % p or x.shape[2] % p:
             raise ValueError(f"image size {x.shape[1:3]} is not divisible by patch_size={p}")
         h = space_to_depth(x.astype(self.dtype), p)
-        if self.coord_channels:
-            h = jnp.concatenate([h, coordinate_channels(h.shape[:3], self.dtype)], axis=-1)
         h = conv3x3(self.ch, self.dtype, **conv_kw, name="conv_in")(h)
         skips = [h]
         for level, mult in enumerate(self.ch_mults):
@@ -390,15 +296,6 @@ class UNet(nn.Module):
         h = nn.silu(GroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
         h = conv3x3(self.out_ch * p * p, self.dtype, zero=True, **conv_kw, name="conv_out")(h)
         return depth_to_space(h, p)
-
-
-def coordinate_channels(shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
-    """``[B, H, W, 2]``: each pixel's row and column, scaled so the first is -1 and the last +1."""
-    b, hgt, wid = shape
-    rows = jnp.linspace(-1.0, 1.0, hgt, dtype=dtype)
-    cols = jnp.linspace(-1.0, 1.0, wid, dtype=dtype)
-    grid = jnp.stack(jnp.meshgrid(rows, cols, indexing="ij"), axis=-1)
-    return jnp.broadcast_to(grid, (b, hgt, wid, 2))
 
 
 def space_to_depth(x: jax.Array, p: int) -> jax.Array:

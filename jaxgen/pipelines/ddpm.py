@@ -9,21 +9,16 @@ import optax
 
 from jaxgen import diffusion
 from jaxgen.data import tokenizer
+from jaxgen.data.pixels import to_model_space, to_uint8
 from jaxgen.evaluation import judges
 from jaxgen.models.text_encoder import TextEncoder
 from jaxgen.models.unet import UNet
+from jaxgen.pipelines import pretrained
+from jaxgen.pipelines import state as state_lib
 from jaxgen.pipelines.base import Pipeline
-from jaxgen.training import state as state_lib
 
-
-def to_model_space(images: jax.Array) -> jax.Array:
-    """uint8 ``[B, H, W, 3]`` -> float32 in [-1, 1]."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-    """float in [-1, 1] -> uint8 ``[B, H, W, 3]`` (rounded, clipped)."""
-    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+# Options measured without gain and removed (docs/results/ddpm.md, "Tried and dropped").
+REMOVED_UNET_OPTIONS = ("coord_channels", "rel_pos_bias", "text_adapter_depth", "parse_tokens")
 
 
 def _with_frozen(loss_fn, name):
@@ -42,8 +37,8 @@ class DDPMPipeline(Pipeline):
     its AdamW state and an EMA of the parameters, which ``generate`` uses.
     """
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, load_run=None):
+        super().__init__(config, load_run)
         mc, dc = config.model, config.diffusion
         self.max_text_len = int(config.data.max_text_len)
         dtype = state_lib.compute_dtype(mc)
@@ -59,13 +54,12 @@ class DDPMPipeline(Pipeline):
         if mc.get("text") is not None:
             text = TextEncoder(max_len=self.max_text_len, dtype=dtype, **mc.text.to_dict())
         unet = mc.unet.to_dict()
-        parse_tokens = bool(unet.pop("parse_tokens", False))
-        self.model = UNet(
-            **unet,
-            text_encoder=text,
-            parse_classes=self._parse_classes(config) if parse_tokens else (),
-            dtype=dtype,
-        )
+        for key in REMOVED_UNET_OPTIONS:  # workdirs saved while these existed: off is harmless
+            if unet.pop(key, False):
+                raise ValueError(
+                    f"model.unet.{key} was removed (it measured no gain; docs/results/ddpm.md)."
+                )
+        self.model = UNet(**unet, text_encoder=text, dtype=dtype)
         self.conditional = text is not None
         if not 0.0 <= float(dc.cond_drop_prob) < 1.0:
             raise ValueError(
@@ -87,35 +81,10 @@ class DDPMPipeline(Pipeline):
         self.empty_tokens = jnp.asarray(tokenizer.encode("", self.max_text_len))
         self.text_init = str(mc.get("text_init", "") or "")
         self.freeze_text = bool(mc.get("freeze_text", False))
-        # Scales the text encoder's optimizer updates (its learning rate, since Adam's update
-        # does not scale with the gradient) when it trains: a pretrained encoder fine-tuned more
-        # gently than the UNet learns from scratch.
-        self.text_lr_scale = float(mc.get("text_lr_scale", 1.0))
-        if not 0.0 <= self.text_lr_scale <= 1.0:
-            raise ValueError(f"model.text_lr_scale must be in [0, 1], got {self.text_lr_scale}.")
         if (self.text_init or self.freeze_text) and not self.conditional:
             raise ValueError(
                 "model.text_init / model.freeze_text need a text encoder (model.text)."
             )
-        if parse_tokens and not self.text_init:
-            raise ValueError(
-                "model.unet.parse_tokens reads the parse heads of a CLIP run: set "
-                "model.text_init to one trained with experiments/clip.py:parse (or "
-                "'pretrain:clip' with pretrain.clip='clip:joint,parse')."
-            )
-        # The text encoder's frozen parameters, and the parse heads loaded with it.
-        self.frozen = ("text_encoder", "text_parse") if parse_tokens else ("text_encoder",)
-
-    @staticmethod
-    def _parse_classes(config) -> tuple[int, ...]:
-        if config.data.name != "shapes" or config.model.get("text") is None:
-            raise ValueError(
-                "model.unet.parse_tokens needs captions with a parse (data.name='shapes') and a "
-                f"text encoder (model.text); got data.name={config.data.name!r}."
-            )
-        from jaxgen.data.shapes import PARSE_CLASSES
-
-        return PARSE_CLASSES
 
     # -- training -------------------------------------------------------------------------
     def init(self, rng, example_batch):
@@ -131,19 +100,15 @@ class DDPMPipeline(Pipeline):
         )
 
     def warm_start(self, state):
-        """Loads the text encoder of the CLIP run at ``model.text_init`` (if set), and with
-        ``model.unet.parse_tokens`` its parse heads."""
+        """Loads the text encoder of the CLIP run at ``model.text_init`` (if set)."""
         if not self.text_init:
             return state
-        from jaxgen.pipelines.clip import load_parse_heads, load_text_encoder
-
         params = dict(state.params["unet"])
-        causal = bool(self.config.model.text.get("causal", False))
-        params["text_encoder"] = load_text_encoder(
-            self.text_init, like=params["text_encoder"], causal=causal
+        params["text_encoder"] = pretrained.text_encoder_params(
+            self.load_run(self.text_init),
+            like=params["text_encoder"],
+            causal=bool(self.config.model.text.get("causal", False)),
         )
-        if "text_parse" in params:
-            params["text_parse"] = load_parse_heads(self.text_init, like=params["text_parse"])
         return state.replace(params={"unet": params}, ema_params={"unet": params})
 
     def train_step(self, state, batch, rng):
@@ -178,14 +143,9 @@ class DDPMPipeline(Pipeline):
         params = state.params["unet"]
         if self.freeze_text:
             # A pretrained (CLIP) text encoder stays as it is: no gradient, so Adam leaves it.
-            for name in self.frozen:
-                loss_fn = _with_frozen(loss_fn, name)
+            loss_fn = _with_frozen(loss_fn, "text_encoder")
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = self.tx.update(grads, state.opt_state["unet"], params)
-        if self.conditional and not self.freeze_text and self.text_lr_scale != 1.0:
-            scale = self.text_lr_scale
-            text = jax.tree.map(lambda u: u * scale, updates["text_encoder"])
-            updates = {**updates, "text_encoder": text}
         params = jax.tree.map(jnp.add, params, updates)
         decay = state_lib.ema_decay_at(state.step, float(tc.ema_decay))
         ema = state_lib.ema_update(state.ema_params["unet"], params, decay)
