@@ -16,21 +16,16 @@ def build_source(data_config, split: str):
         ``directory`` (and optionally ``test_directory`` for evaluation prompts).
       split: "train", "test" (and "heldout" for shapes).
 
-    ``data_config.hard_negatives`` (shapes only) adds a hard-negative caption to every training
-    example, ``"neg_tokens"`` (``shapes.hard_negative``), of the kinds in
-    ``data_config.hard_negative_kinds`` (all when empty or absent).
     ``data_config.parse_labels`` (shapes only) adds each training caption's content as class
     labels, ``"parse"`` (``shapes.parse_labels``).
     """
     name = data_config.name
-    hard_negatives = bool(data_config.get("hard_negatives", False))
     parse = bool(data_config.get("parse_labels", False))
-    for key, value in (("hard_negatives", hard_negatives), ("parse_labels", parse)):
-        if value and name != "shapes":
-            raise ValueError(
-                f"data.{key} needs a dataset with ground truth (shapes); {name!r} has none. "
-                f"Set --config.data.{key}=False."
-            )
+    if parse and name != "shapes":
+        raise ValueError(
+            f"data.parse_labels needs a dataset with ground truth (shapes); {name!r} has none. "
+            "Set --config.data.parse_labels=False."
+        )
     size, max_len = int(data_config.image_size), int(data_config.max_text_len)
     if name == "shapes":
         from jaxgen.data.shapes import ShapesSource
@@ -40,8 +35,6 @@ def build_source(data_config, split: str):
             image_size=size,
             seed=int(data_config.get("seed", 0)),
             max_text_len=max_len,
-            hard_negatives=hard_negatives and split == "train",
-            hard_negative_kinds=tuple(data_config.get("hard_negative_kinds", ())),
             parse_labels=parse and split == "train",
         )
     if name == "digits":

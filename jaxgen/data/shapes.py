@@ -322,89 +322,6 @@ def sample_truth(
     return {"caption": caption, "objects": objects, "relation": relation}
 
 
-# The negatives of example i draw from their own stream, so turning them on leaves the examples
-# themselves unchanged.
-_NEGATIVE_STREAM = 16
-
-
-HARD_NEGATIVE_KINDS: tuple[str, ...] = ("colour", "shape", "size", "relation", "swap", "reverse")
-# The kinds drawn when none are asked for ("reverse" is a subset of "relation").
-_DEFAULT_KINDS = HARD_NEGATIVE_KINDS[:5]
-_OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
-def _check_kinds(kinds: Sequence[str]) -> Sequence[str]:
-    unknown = set(kinds) - set(HARD_NEGATIVE_KINDS)
-    if unknown:
-        raise ValueError(
-            f"Unknown hard-negative kinds {sorted(unknown)}; valid: "
-            f"{', '.join(HARD_NEGATIVE_KINDS)}."
-        )
-    return kinds
-
-
-def hard_negative(
-    truth: dict,
-    rng: _Draws,
-    pairs: Sequence[tuple[str, str]] = TRAIN_PAIRS,
-    kinds: Sequence[str] = (),
-):
-    """A scene that differs from ``truth`` in one attribute: a "hard negative" for contrastive
-    training (NegCLIP, Yuksekgonul et al. 2023).
-
-    In a random batch almost no other caption shares a scene's objects, so a contrastive loss is
-    satisfied by a bag of words: it never has to tell "a red circle left of a blue square" from
-    "a blue circle left of a red square" or "... right of ...". One such caption per example,
-    scored against the image, asks the model to bind attributes to objects and to read
-    relations (on shapes, measured: it did not teach the relation's direction; README).
-
-    The kind of change is drawn uniformly among those the scene allows, then the change itself:
-    colour, shape or size of one object; for two objects also the relation, or the two objects'
-    colours swapped. ``kinds`` narrows the draw to some of ``HARD_NEGATIVE_KINDS``, among them
-    "reverse" (the opposite relation: "a red circle right of a blue square" for "... left of
-    ..."), which the default draw includes only as one of the three other relations; a scene
-    that allows none of ``kinds`` (one object, for the relation kinds) falls back to the
-    default draw. Every (colour, shape) of the result is in ``pairs`` (by default the
-    training pairs, so no held-out pair ever appears, not even as a negative caption) and two
-    objects never share a colour, as in the dataset.
-
-    Args:
-      truth: a ground truth (``sample_truth``).
-      rng: the draws to use.
-      pairs: the allowed (colour, shape) pairs.
-      kinds: the kinds of change to draw from; empty for the default five.
-
-    Returns:
-      ``(objects, relation)`` of the changed scene (boxes are the truth's and mean nothing).
-    """
-    objects = [dict(o) for o in truth["objects"]]
-    relation = truth.get("relation")
-    allowed = set(pairs)
-    changes = {
-        attr: [
-            (changed, relation)
-            for changed in variants
-            if all((o["colour"], o["shape"]) in allowed for o in changed)
-        ]
-        for attr, variants in _one_attribute_changes(objects).items()
-    }
-    if relation is not None:
-        changes["relation"] = [(objects, r) for r in RELATIONS if r != relation]
-        a, b = (dict(o) for o in objects)
-        a["colour"], b["colour"] = b["colour"], a["colour"]
-        if {(a["colour"], a["shape"]), (b["colour"], b["shape"])} <= allowed and (
-            content_key({"objects": [a, b], "relation": relation}) != content_key(truth)
-        ):
-            changes["swap"] = [([a, b], relation)]
-        changes["reverse"] = [(objects, _OPPOSITE[relation])]
-    _check_kinds(kinds)
-    allowed_kinds = [k for k in kinds if changes.get(k)] or [
-        k for k in _DEFAULT_KINDS if changes.get(k)
-    ]
-    options = changes[allowed_kinds[rng.integers(len(allowed_kinds))]]
-    return options[rng.integers(len(options))]
-
-
 class ShapesSource:
     """Random-access source of `shapes` examples (grain-compatible).
 
@@ -415,10 +332,6 @@ class ShapesSource:
       seed: dataset seed; example i is a pure function of (seed, split, i).
       num_examples: length; defaults to DEFAULT_LENGTHS[split].
       max_text_len: token length L of the caption tokens.
-      hard_negatives: also return ``"neg_tokens"``, the caption of a scene that differs from
-        the example's in one attribute (``hard_negative``), for contrastive training.
-      hard_negative_kinds: the kinds of change those negatives draw from (``hard_negative``);
-        empty for the default five.
       parse_labels: also return ``"parse"``, the caption's content as class labels
         (``parse_labels``), to supervise a text encoder.
     """
@@ -430,8 +343,6 @@ class ShapesSource:
         seed: int = 0,
         num_examples: int | None = None,
         max_text_len: int = 64,
-        hard_negatives: bool = False,
-        hard_negative_kinds: Sequence[str] = (),
         parse_labels: bool = False,
     ):
         if split not in SPLITS:
@@ -442,8 +353,6 @@ class ShapesSource:
         self.seed = int(seed)
         self.num_examples = DEFAULT_LENGTHS[split] if num_examples is None else int(num_examples)
         self.max_text_len = int(max_text_len)
-        self.hard_negatives = bool(hard_negatives)
-        self.hard_negative_kinds = _check_kinds(tuple(hard_negative_kinds))
         self.parse_labels = bool(parse_labels)
 
     def __len__(self) -> int:
@@ -453,7 +362,7 @@ class ShapesSource:
         return (
             f"ShapesSource(split={self.split!r}, image_size={self.image_size}, seed={self.seed}, "
             f"num_examples={self.num_examples}, max_text_len={self.max_text_len}, "
-            f"hard_negatives={self.hard_negatives})"
+            f"parse_labels={self.parse_labels})"
         )
 
     def _index(self, index) -> int:
@@ -481,25 +390,11 @@ class ShapesSource:
         ex["tokens"] = tokenizer.encode(ex["caption"], self.max_text_len)
         return ex
 
-    def negative_caption(self, index: int, truth: dict | None = None) -> str:
-        """The caption of example ``index``'s hard negative (see ``hard_negative``); pass the
-        example's ``truth`` if it is at hand, to skip sampling it again."""
-        i = self._index(index)
-        truth = self.truth(i) if truth is None else truth
-        rng = _Draws(self.seed, SPLITS[self.split] + _NEGATIVE_STREAM, i)
-        pairs = ALL_PAIRS if self.split == "heldout" else TRAIN_PAIRS
-        objects, relation = hard_negative(truth, rng, pairs, self.hard_negative_kinds)
-        return _caption(objects, relation, rng, self.max_text_len - 2)
-
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        """Returns {"image": uint8 [S, S, 3], "tokens": int32 [max_text_len]}, and
-        "neg_tokens" int32 [max_text_len] with ``hard_negatives``, "parse" int32
+        """Returns {"image": uint8 [S, S, 3], "tokens": int32 [max_text_len]}, and "parse" int32
         [len(PARSE_FIELDS)] with ``parse_labels``."""
         ex = self.example(index)
         out = {"image": ex["image"], "tokens": ex["tokens"]}
-        if self.hard_negatives:
-            caption = self.negative_caption(index, ex)
-            out["neg_tokens"] = tokenizer.encode(caption, self.max_text_len)
         if self.parse_labels:
             out["parse"] = parse_labels(ex)
         return out

@@ -26,24 +26,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-POOLS = ("flatten", "moments")
-COLOUR_MODES = ("joint", "planes", "factorised")
-
-
-def spatial_moments(f: jax.Array) -> jax.Array:
-    """``[B, H, W, C] -> [B, 3C]``: the means over positions of ``f``, ``f * x`` and ``f * y``.
-
-    ``x`` runs from -1 (left) to 1 (right) and ``y`` from -1 (top) to 1 (bottom), pixel centres
-    of the feature map. A mirrored image negates the ``x`` moments, so left and right stay apart.
-    """
-    _, h, w, _ = f.shape
-    f = f.astype(jnp.float32)
-    ys = jnp.linspace(-1.0, 1.0, h) if h > 1 else jnp.zeros((1,))
-    xs = jnp.linspace(-1.0, 1.0, w) if w > 1 else jnp.zeros((1,))
-    mean = jnp.mean(f, axis=(1, 2))
-    mx = jnp.mean(f * xs[None, None, :, None], axis=(1, 2))
-    my = jnp.mean(f * ys[None, :, None, None], axis=(1, 2))
-    return jnp.concatenate([mean, mx, my], axis=-1)
+COLOUR_MODES = ("joint", "factorised")
 
 
 class ImageEncoder(nn.Module):
@@ -54,30 +37,22 @@ class ImageEncoder(nn.Module):
         the tower then runs at ``H / p``, ``p ** 2`` times cheaper at the first stage.
       widths: channels per stage; the resolution halves after every stage but the first.
       out_dim: width of the returned feature vector.
-      pool: how the last feature map ``f`` becomes a vector. ``"flatten"``: all positions
-        concatenated (a dense weight per position and channel). ``"moments"``: per channel the
-        spatial mean of ``f``, of ``f * x`` and of ``f * y`` (``x, y`` in [-1, 1] the position):
-        what a channel sees and where, with one weight per channel for every position.
       colour: how the tower treats the colour channels. ``"joint"``: the first conv sees all
-        three, like any RGB network. ``"planes"``: the conv stages run on each colour plane
+        three, like any RGB network. ``"factorised"``: the conv stages run on each colour plane
         alone, as a one-channel image, with one set of weights, and the three results are
-        stacked channel-wise: the same filters see a shape whatever its colour, and the colour
-        survives as which slot responds. ``"factorised"``: the same per-plane stages, but the
-        three results are reduced by a maximum over planes, which is blind to colour (a red
-        and a yellow triangle give the same map: each lights one or two planes and leaves an
-        empty one), and each cell of the final map gets the colour from the per-channel
-        maximum of its pixels. Shape and colour then reach the pooling as separate features,
-        so a colour-shape pair never seen in training still gets its shape read. The
-        blindness holds for flat, saturated colours on a dark background (``shapes``); on
-        natural images the maximum mixes colour into the shape features, and ``"joint"`` is
-        the usual choice.
+        reduced by a maximum over planes, which is blind to colour (a red and a yellow
+        triangle give the same map: each lights one or two planes and leaves an empty one);
+        each cell of the final map gets the colour from the per-channel maximum of its pixels.
+        Shape and colour then reach the flattening as separate features, so a colour-shape
+        pair never seen in training still gets its shape read. The blindness holds for flat,
+        saturated colours on a dark background (``shapes``); on natural images the maximum
+        mixes colour into the shape features, and ``"joint"`` is the usual choice.
       dtype: compute dtype (parameters stay float32).
     """
 
     widths: Sequence[int] = (32, 64, 128)
     out_dim: int = 256
     patch_size: int = 1
-    pool: str = "flatten"
     colour: str = "joint"
     dtype: Dtype = jnp.float32
 
@@ -97,7 +72,7 @@ class ImageEncoder(nn.Module):
             )
         pixels = x = images.astype(self.dtype)
         batch, colours = x.shape[0], x.shape[-1]
-        per_plane = self.colour != "joint"
+        per_plane = self.colour == "factorised"
         if per_plane:  # [B, H, W, 3] -> [B * 3, H, W, 1]
             x = jnp.moveaxis(x, -1, 1).reshape(batch * colours, *x.shape[1:3], 1)
         p = self.patch_size
@@ -112,11 +87,8 @@ class ImageEncoder(nn.Module):
             x = nn.gelu(x)
             x = conv3x3(width, self.dtype, name=f"conv{i}_b")(x)
             x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name=f"ln{i}")(x))
-        if per_plane:
-            x = x.reshape(batch, colours, *x.shape[1:])  # [B, 3, h, w, C]
-        if self.colour == "planes":  # -> [B, h, w, 3 * C], colour-major
-            x = jnp.moveaxis(x, 1, 3).reshape(*x.shape[:1], *x.shape[2:4], -1)
-        elif self.colour == "factorised":  # -> [B, h, w, C + 3]: shape maps, cell colours
+        if per_plane:  # [B * 3, h, w, C] -> [B, h, w, C + 3]: shape maps, cell colours
+            x = x.reshape(batch, colours, *x.shape[1:])
             h, w = x.shape[2:4]
             if images.shape[1] % h or images.shape[2] % w:
                 raise ValueError(
@@ -127,12 +99,7 @@ class ImageEncoder(nn.Module):
             x = jnp.concatenate([jnp.max(x, axis=1), jnp.max(cells, axis=(2, 4))], axis=-1)
         # The last feature map, for callers that read it (mutable=["intermediates"]).
         self.sow("intermediates", "feature_map", x)
-        if self.pool == "flatten":
-            x = x.reshape(x.shape[0], -1)  # keeps position: relations live there
-        elif self.pool == "moments":
-            x = spatial_moments(x)
-        else:
-            raise ValueError(f"Unknown image pool {self.pool!r}; valid: {', '.join(POOLS)}.")
+        x = x.reshape(x.shape[0], -1)  # flattened, not averaged: relations live in position
         x = nn.gelu(dense(self.out_dim, self.dtype, name="fc")(x))
         return nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x)
 
@@ -171,7 +138,6 @@ class CLIP(nn.Module):
       image_widths: channels per stage of the ``ImageEncoder``.
       image_dim: width of the image tower's feature vector.
       image_patch_size: space-to-depth factor at the image tower's input.
-      image_pool: ``ImageEncoder.pool``.
       image_colour: ``ImageEncoder.colour``.
       init_temperature: initial softmax temperature (CLIP: 0.07).
       parse_classes: the class count of each field of a caption's parse (``shapes.PARSE_FIELDS``);
@@ -186,7 +152,6 @@ class CLIP(nn.Module):
     image_widths: Sequence[int] = (32, 64, 128)
     image_dim: int = 256
     image_patch_size: int = 1
-    image_pool: str = "flatten"
     image_colour: str = "joint"
     init_temperature: float = 0.07
     parse_classes: Sequence[int] = ()
@@ -195,12 +160,11 @@ class CLIP(nn.Module):
     def setup(self):
         self.text_tower = TextTower(self.embed_dim, self.text, self.dtype, name="text")
         self.image_encoder = ImageEncoder(
-            self.image_widths,
-            self.image_dim,
-            self.image_patch_size,
-            self.image_pool,
-            self.image_colour,
-            self.dtype,
+            widths=self.image_widths,
+            out_dim=self.image_dim,
+            patch_size=self.image_patch_size,
+            colour=self.image_colour,
+            dtype=self.dtype,
             name="image",
         )
         self.image_proj = nn.Dense(self.embed_dim, use_bias=False, name="image_proj")

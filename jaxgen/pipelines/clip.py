@@ -16,53 +16,32 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgen.data.pixels import to_model_space
 from jaxgen.evaluation import clip_metrics
 from jaxgen.models.clip import CLIP
+from jaxgen.pipelines import state as state_lib
 from jaxgen.pipelines.base import Pipeline
-from jaxgen.pipelines.ddpm import to_model_space
-from jaxgen.training import state as state_lib
 
 # CLIP clips the learned logit scale at 100 so the temperature cannot collapse.
 MAX_LOGIT_SCALE = float(np.log(100.0))
 
 
-def contrastive_loss(
-    image_emb: jax.Array,
-    text_emb: jax.Array,
-    logit_scale: jax.Array,
-    negative_text_emb: jax.Array | None = None,
-):
+def contrastive_loss(image_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array):
     """Symmetric InfoNCE: the mean of image->text and text->image cross-entropies.
 
     Args:
       image_emb, text_emb: unit vectors ``[B, D]``; row i of each is a matching pair.
       logit_scale: ``log(1 / temperature)`` (clipped at log 100).
-      negative_text_emb: optional unit vectors ``[B', D]`` of extra captions that match no
-        image (hard negatives, as NegCLIP): each image's softmax runs over all ``B + B'``
-        captions; the text->image direction is unchanged.
 
     Returns:
-      ``(loss, logits [B, B + B'])`` with ``logits[i, j] = exp(logit_scale) * <image_i, text_j>``
-      over ``text_emb`` then ``negative_text_emb``.
+      ``(loss, logits [B, B])`` with ``logits[i, j] = exp(logit_scale) * <image_i, text_j>``.
     """
     scale = jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
-    n = text_emb.shape[0]
-    texts = (
-        text_emb if negative_text_emb is None else jnp.concatenate([text_emb, negative_text_emb])
-    )
-    logits = scale * image_emb @ texts.T
-    labels = jnp.arange(n)
+    logits = scale * image_emb @ text_emb.T
+    labels = jnp.arange(text_emb.shape[0])
     i2t = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    t2i = optax.softmax_cross_entropy_with_integer_labels(logits[:, :n].T, labels).mean()
+    t2i = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
     return 0.5 * (i2t + t2i), logits
-
-
-def image_colour(model_config) -> str:
-    """The image tower's colour mode; workdirs saved before the option have the ``joint`` one."""
-    if "image_colour" in model_config:
-        return str(model_config.image_colour)
-    # The boolean this option replaced: True meant the ``planes`` mode.
-    return "planes" if model_config.get("image_colour_shared", False) else "joint"
 
 
 def build_model(config) -> CLIP:
@@ -74,8 +53,7 @@ def build_model(config) -> CLIP:
         image_widths=tuple(mc.image_widths),
         image_dim=int(mc.image_dim),
         image_patch_size=int(mc.get("image_patch_size", 1)),
-        image_pool=str(mc.get("image_pool", "flatten")),
-        image_colour=image_colour(mc),
+        image_colour=str(mc.get("image_colour", "joint")),
         init_temperature=float(mc.init_temperature),
         parse_classes=parse_classes(config),
         dtype=state_lib.compute_dtype(mc),
@@ -106,8 +84,8 @@ def parse_loss(logits: Sequence[jax.Array], labels: jax.Array):
 class CLIPPipeline(Pipeline):
     """State: ``params["clip"]`` (both towers and the temperature), AdamW state and an EMA."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, load_run=None):
+        super().__init__(config, load_run)
         self.max_text_len = int(config.data.max_text_len)
         self.model = build_model(config)
         self.tx = state_lib.make_optimizer(config.train)
@@ -133,22 +111,17 @@ class CLIPPipeline(Pipeline):
         )
 
     def train_step(self, state, batch, rng):
-        x = to_model_space(batch["image"])
-        tokens, n = batch["tokens"], batch["tokens"].shape[0]
-        negatives = "neg_tokens" in batch
-        if negatives:  # one text-tower pass over the captions and their hard negatives
-            tokens = jnp.concatenate([tokens, batch["neg_tokens"]])
+        x, tokens = to_model_space(batch["image"]), batch["tokens"]
 
         def loss_fn(params):
             img, txt, scale, *parse = self.model.apply(
                 {"params": params}, x, tokens, train=True, rngs={"dropout": rng}
             )
-            neg = txt[n:] if negatives else None
-            loss, logits = contrastive_loss(img, txt[:n], scale, neg)
+            loss, logits = contrastive_loss(img, txt, scale)
             aux = {}
-            if parse:  # the captions' parse, not their hard negatives'
+            if parse:
                 aux["parse_loss"], aux["batch_parse_accuracy"] = parse_loss(
-                    [lg[:n] for lg in parse[0]], batch["parse"]
+                    parse[0], batch["parse"]
                 )
                 loss = loss + self.parse_weight * aux["parse_loss"]
             return loss, (logits, aux)
@@ -159,19 +132,16 @@ class CLIPPipeline(Pipeline):
         params = jax.tree.map(jnp.add, params, updates)
         decay = state_lib.ema_decay_at(state.step, float(self.config.train.ema_decay))
         ema = state_lib.ema_update(state.ema_params["clip"], params, decay)
-        labels = jnp.arange(n)
+        labels = jnp.arange(tokens.shape[0])
         metrics = {
             "loss": loss,
             "batch_i2t_accuracy": jnp.mean(jnp.argmax(logits, axis=1) == labels),
-            "batch_t2i_accuracy": jnp.mean(jnp.argmax(logits[:, :n], axis=0) == labels),
+            "batch_t2i_accuracy": jnp.mean(jnp.argmax(logits, axis=0) == labels),
             "temperature": jnp.exp(-jnp.minimum(params["logit_scale"], MAX_LOGIT_SCALE)),
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": self.learning_rate(state.step),
             **aux,
         }
-        if negatives:  # how often an image prefers its caption to that caption's hard negative
-            pos, neg = jnp.diagonal(logits[:, :n]), jnp.diagonal(logits[:, n:])
-            metrics["batch_negative_accuracy"] = jnp.mean(pos > neg)
         new_state = state.replace(
             step=state.step + 1,
             params={"clip": params},
@@ -278,98 +248,3 @@ class CLIPPipeline(Pipeline):
 
     def evaluators(self):
         return [self.evaluate_embeddings]
-
-
-def load_clip_params(
-    workdir: str, what: str = "CLIP weights", causal: bool | None = None
-) -> tuple[dict, object]:
-    """The (EMA) parameters of a trained CLIP run, as numpy arrays, and the run's config.
-
-    Args:
-      workdir: a directory written by training ``experiments/clip.py``.
-      what: what the caller loads, for the error when ``workdir`` holds another pipeline.
-      causal: the attention the loading model's text encoder uses (``model.text.causal``); it
-        must be the CLIP's, which the parameter shapes cannot show (ValueError otherwise).
-        None skips the check (a caller that uses no text tower).
-    """
-    from jaxgen import api
-
-    model = api.load(workdir)
-    config = model.config
-    if config.pipeline != "clip":
-        raise ValueError(
-            f"{workdir} holds a {config.pipeline!r} run; {what} can only be loaded from "
-            "a CLIP run (experiments/clip.py)."
-        )
-    trained_causal = bool(config.model.text.get("causal", False))
-    if causal is not None and bool(causal) != trained_causal:
-        raise ValueError(
-            f"The CLIP text encoder in {workdir} was trained with model.text.causal="
-            f"{trained_causal}, but this model's model.text.causal={bool(causal)}: the same "
-            "weights would compute other features. Set model.text.causal to the CLIP run's."
-        )
-    return jax.device_get(model.state.ema_params["clip"]), config
-
-
-def load_text_tower(workdir: str, causal: bool | None = None) -> tuple[dict, object]:
-    """The (EMA) parameters of a trained CLIP's ``TextTower`` and the CLIP run's config.
-
-    Args:
-      workdir: a directory written by training ``experiments/clip.py``.
-      causal: checked against the CLIP's ``model.text.causal`` (``load_clip_params``).
-
-    Returns:
-      ``(params, config)``: numpy parameters ``{"encoder": ..., "proj": ...}`` for
-      ``jaxgen.models.clip.TextTower``, and the CLIP config (for its text settings).
-    """
-    params, config = load_clip_params(workdir, "a text encoder", causal)
-    return params["text"], config
-
-
-def shapes_match(like, params) -> bool:
-    """Whether ``params`` has the tree structure and array shapes of ``like`` (None: any)."""
-    return like is None or jax.tree.map(np.shape, like) == jax.tree.map(np.shape, params)
-
-
-def load_parse_heads(workdir: str, like=None) -> dict:
-    """The (EMA) parse heads of a CLIP run trained with ``model.parse_weight > 0``
-    (``clip.py:parse``), ``{"parse_0": ..., ...}`` as numpy arrays, for ``unet.TextParse``.
-
-    Args:
-      workdir: a directory written by training ``experiments/clip.py``.
-      like: optional parameter tree the result must match (structure and shapes).
-    """
-    params, _ = load_clip_params(workdir, "parse heads")
-    heads = {k: v for k, v in params.items() if k.startswith("parse_")}
-    if not heads:
-        raise ValueError(
-            f"The CLIP run in {workdir} has no parse heads: train it with "
-            "experiments/clip.py:parse (model.parse_weight > 0)."
-        )
-    if not shapes_match(like, heads):
-        raise ValueError(
-            f"The parse heads of {workdir} ({len(heads)} fields) do not have the shape this "
-            f"model asks for ({len(like)} fields): train CLIP on the same dataset."
-        )
-    return heads
-
-
-def load_text_encoder(workdir: str, like=None, causal: bool | None = None):
-    """The (EMA) ``TextEncoder`` parameters of a trained CLIP workdir, as numpy arrays.
-
-    Args:
-      workdir: a directory written by training ``experiments/clip.py``.
-      like: optional parameter tree the result must match (structure and shapes), e.g. the
-        text encoder of a DDPM UNet; a mismatch is a ValueError naming the CLIP's settings.
-      causal: checked against the CLIP's ``model.text.causal`` (``load_clip_params``).
-    """
-    params, config = load_text_tower(workdir, causal)
-    params = params["encoder"]
-    if not shapes_match(like, params):
-        raise ValueError(
-            f"The text encoder of {workdir} (model.text={config.model.text.to_dict()}, "
-            f"data.max_text_len={config.data.max_text_len}) does not have the shape this "
-            "model's model.text and data.max_text_len ask for; train CLIP with the same text "
-            "settings."
-        )
-    return params
