@@ -132,18 +132,13 @@ def restart_dead_codes(
     return jnp.where(dead[:, None], z[picks], codebook), dead
 
 
-def gumbel_softmax(logits: jax.Array, rng: jax.Array, temperature, hard: bool = False):
+def gumbel_softmax(logits: jax.Array, rng: jax.Array, temperature):
     """A relaxed one-hot sample ``softmax((logits + g) / temperature)``, ``g ~ Gumbel(0, 1)``.
 
-    With ``hard``, the forward value is the one-hot argmax and the gradient the relaxed one's.
     As ``temperature -> 0`` the sample tends to the one-hot of ``argmax(logits + g)``.
     """
     g = jax.random.gumbel(rng, logits.shape, jnp.float32)
-    y = jax.nn.softmax((logits.astype(jnp.float32) + g) / temperature, axis=-1)
-    if hard:
-        one_hot = jax.nn.one_hot(jnp.argmax(y, axis=-1), y.shape[-1], dtype=y.dtype)
-        y = y + jax.lax.stop_gradient(one_hot - y)
-    return y
+    return jax.nn.softmax((logits.astype(jnp.float32) + g) / temperature, axis=-1)
 
 
 def kl_to_uniform(logits: jax.Array) -> jax.Array:

@@ -18,11 +18,12 @@ One pipeline, four bottlenecks (``config.pipeline``):
          multiplied by ``dvae.logit_scale``: in a short run, logits at the network's own scale
          stay small against the Gumbel noise, so the sampled codes carry little information.
 
-The discrete ones are image tokenizers: ``load_tokenizer(workdir)`` gives ``encode(images) ->
-int32 [B, h, w]`` and ``decode(tokens) -> images``, pure and jittable, for the next stage (a
-transformer over text and image tokens). ``generate`` ignores prompts: these models have no text;
-it samples their prior (N(0, I) for the VAE, uniform codes for the dVAE, codes drawn i.i.d. from
-their usage frequencies for VQ-VAE/VQGAN, the baseline a learned prior replaces).
+The discrete ones are image tokenizers: ``tokenizer(state)`` (``jaxgen.load_tokenizer(workdir)``)
+gives ``encode(images) -> int32 [B, h, w]`` and ``decode(tokens) -> images``, pure and jittable,
+for the next stage (a transformer over text and image tokens). ``generate`` ignores prompts: these
+models have no text; it samples their prior (N(0, I) for the VAE, uniform codes for the dVAE,
+codes drawn i.i.d. from their usage frequencies for VQ-VAE/VQGAN, the baseline a learned prior
+replaces).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from jaxgen.data.pixels import to_model_space, to_uint8
 from jaxgen.evaluation.frechet import frechet_distance
 from jaxgen.models import bottlenecks as bn
 from jaxgen.models.autoencoder import (
@@ -48,9 +50,8 @@ from jaxgen.models.autoencoder import (
     downsampling_factor,
 )
 from jaxgen.models.unet import space_to_depth
+from jaxgen.pipelines import state as state_lib
 from jaxgen.pipelines.base import Pipeline
-from jaxgen.pipelines.ddpm import to_model_space, to_uint8
-from jaxgen.training import state as state_lib
 
 KINDS = ("vae", "vqvae", "vqgan", "dvae")
 DISCRETE = ("vqvae", "vqgan", "dvae")
@@ -120,8 +121,8 @@ class AutoencoderPipeline(Pipeline):
     """State: ``params`` {encoder, decoder, codebook (discrete), log_scale (vae), D (vqgan)};
     ``opt_state`` {autoencoder: AdamW, D: AdamW (vqgan), codebook: {usage, EMA statistics}}."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, load_run=None):
+        super().__init__(config, load_run)
         kind = config.pipeline
         if kind not in KINDS:
             raise ValueError(f"AutoencoderPipeline serves {', '.join(KINDS)}, not {kind!r}.")
@@ -310,9 +311,7 @@ class AutoencoderPipeline(Pipeline):
                 # learning speed); tokens, the argmax, do not depend on it.
                 logits = self.logit_scale * self.encoder.apply({"params": p["encoder"]}, x)
                 temperature = dvae_temperature(state.step, self.config)
-                soft = bn.gumbel_softmax(
-                    logits, k_noise, temperature, hard=bool(self.config.dvae.straight_through)
-                )
+                soft = bn.gumbel_softmax(logits, k_noise, temperature)
                 z = soft @ p["codebook"]["embedding"]
                 kl = jnp.mean(bn.kl_to_uniform(logits))
                 usage_kl = bn.aggregate_kl_to_uniform(logits)
@@ -548,6 +547,15 @@ class AutoencoderPipeline(Pipeline):
     def default_prompts(self, n: int) -> list[str]:
         return [""] * n
 
+    def tokenizer(self, state) -> Tokenizer:
+        """This trained discrete autoencoder as a ``Tokenizer`` (encoder, decoder, codebook)."""
+        if not self.discrete:
+            raise ValueError(
+                f"A {self.kind!r} model is not a discrete tokenizer ({', '.join(DISCRETE)})."
+            )
+        keep = ("encoder", "decoder", "codebook")
+        return Tokenizer(params={k: v for k, v in state.params.items() if k in keep}, pipeline=self)
+
     def sample_images(self, state, prompts, rng) -> np.ndarray:
         """The training grid: real test images next to their reconstructions (pairs), and for
         the VAE, prior samples after them."""
@@ -643,7 +651,7 @@ class Tokenizer:
     """A trained discrete autoencoder as an image tokenizer; a pytree, so it can be passed to
     jitted functions. ``encode``/``decode`` are pure JAX and can be jitted or traced.
 
-    tok = load_tokenizer("runs/vqgan")
+    tok = jaxgen.load_tokenizer("runs/vqgan")
     tokens = tok.encode(images)        # uint8 [B, 32, 32, 3] -> int32 [B, 8, 8]
     images = tok.decode(tokens)        # -> uint8 [B, 32, 32, 3]
     """
@@ -668,20 +676,3 @@ class Tokenizer:
 
     def decode(self, tokens) -> jax.Array:
         return self.pipeline.decode(self.params, tokens)
-
-
-def load_tokenizer(workdir) -> Tokenizer:
-    """The tokenizer trained in ``workdir`` (experiments/vqvae.py, vqgan.py or dvae.py)."""
-    from jaxgen import api
-
-    model = api.load(workdir)
-    pipeline = model.pipeline
-    if not isinstance(pipeline, AutoencoderPipeline) or not pipeline.discrete:
-        raise ValueError(
-            f"{workdir} holds a {model.config.pipeline!r} model, not a discrete tokenizer "
-            f"({', '.join(DISCRETE)})."
-        )
-    params = {
-        k: v for k, v in model.state.params.items() if k in ("encoder", "decoder", "codebook")
-    }
-    return Tokenizer(params=params, pipeline=pipeline)
