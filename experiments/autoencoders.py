@@ -10,37 +10,24 @@ fixed, e.g. ``--config=experiments/vqgan.py:digits,smoke``. Variants, comma-sepa
 
 import ml_collections
 
+from jaxgen.config import base_config, make_smoke, split_variant
+
 KINDS = ("vae", "vqvae", "vqgan", "dvae")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = [a for a in (arg or "").split(",") if a]
-    kind = args.pop(0) if args and args[0] in KINDS else None
-    smoke = "smoke" in args
-    args = [a for a in args if a != "smoke"]
-    dataset = args.pop() if args else "shapes"
-    if kind is None or args or dataset not in ("shapes", "digits", "cifar10"):
+    kind, _, rest = (arg or "").partition(",")
+    if kind not in KINDS:
         raise ValueError(
             f"Unknown autoencoder variant {arg!r}: expected <kind>[,<dataset>][,smoke] with kind "
             f"in {', '.join(KINDS)} and dataset in shapes, digits, cifar10."
         )
+    dataset, options = split_variant(rest, f"{kind}.py", ("shapes", "digits", "cifar10"))
+    smoke = "smoke" in options
     if dataset == "cifar10" and kind != "vqgan":
         raise ValueError("The cifar10 variant is VQGAN's (experiments/vqgan.py:cifar10).")
+    config = base_config(kind, dataset)
 
-    config = ml_collections.ConfigDict()
-    config.pipeline = kind
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.name = dataset
-    config.data.image_size = 32
-    config.data.max_text_len = 64
-    config.data.seed = 0
-    config.data.tfds_name = ""
-    config.data.data_dir = ""
-
-    config.model = ml_collections.ConfigDict()
-    config.model.dtype = "float32"
     # 2x2 pixels folded into channels, then levels at 16x16 and 8x8: 32x32 images -> 8x8 grid.
     config.model.ch = 64
     config.model.ch_mults = (1, 2)
@@ -92,10 +79,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # Measured on shapes, 166 steps on one core each: held-out usage 0.77 and
                 # perplexity 144 at 0.1, against 0.47 / 62 at 0.01 (0 collapsed to ~0.1 / 8).
                 usage_weight=0.1,
-                # The decoder sees the one-hot sample (gradients of the relaxed one), as at
-                # evaluation, instead of DALL-E's relaxed mixture of codes. Measured on shapes:
-                # 2 dB lower held-out PSNR at 15 minutes (README), so off.
-                straight_through=False,
                 # Multiplies the encoder's logits: their margins against the Gumbel noise, and
                 # how fast they grow. Measured on shapes at step 450 (two runs at a time):
                 # held-out PSNR 23.9 dB, shape 0.80 at 4 against 23.0 dB, 0.61 at 1 and
@@ -119,44 +102,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             )
         )
 
-    config.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14))
-
-    config.train = ml_collections.ConfigDict()
     # ~1.3 s/step at batch 64 on a 2-core CPU (measured): the cosine ends near 20 minutes.
-    config.train.steps = 900
-    config.train.batch_size = 64
+    config.train.update(dict(steps=900, b2=0.99, ema_decay=0.0, max_minutes=20.0))
     # dVAE: 2e-3 measured better on shapes at step 450 (held-out PSNR 25.1 against 24.6 dB).
     config.train.learning_rate = 2e-3 if kind == "dvae" else 1e-3
-    config.train.warmup_steps = 100
-    config.train.lr_schedule = "cosine"
-    config.train.final_lr_fraction = 0.05
-    config.train.grad_clip = 1.0
-    config.train.weight_decay = 0.0
-    config.train.b1 = 0.9
-    config.train.b2 = 0.99
-    config.train.ema_decay = 0.0
-    config.train.max_minutes = 20.0
-    config.train.log_every = 50
-    config.train.checkpoint_every = 500
-    config.train.keep_checkpoints = 2
-    config.train.skip_nonfinite_updates = False
-
-    config.sample = ml_collections.ConfigDict()
     config.sample.num = 36  # 18 input/reconstruction pairs (+ 36 prior samples for the VAE)
-    config.sample.every_steps = 500
-
-    config.eval = ml_collections.ConfigDict()
-    config.eval.splits = ("test", "heldout")
     config.eval.num_samples = 512
     config.eval.every_minutes = 5.0
-    config.eval.every_steps = 0
 
     if dataset == "digits":
         config.data.image_size = 16  # 4x4 tokens
         config.model.num_codes = 128
         config.train.steps = 800
         config.train.max_minutes = 10.0
-        config.eval.splits = ("test",)
         config.eval.num_samples = 256
         if kind == "dvae":
             config.dvae.anneal_steps = 600
@@ -171,59 +129,53 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif dataset == "cifar10":
         config.data.name = "tfds"
         config.data.tfds_name = "cifar10"
-        config.model.dtype = "bfloat16"
-        config.model.ch = 128
-        config.model.ch_mults = (1, 2, 2)
-        config.model.num_res_blocks = 2
-        config.model.patch_size = 1
-        config.model.num_codes = 1024
-        config.model.code_dim = 64
-        config.model.rec_loss = "l1"
-        config.gan.start_step = 50_000
-        config.gan.weight = 0.8
-        config.gan.d_ch = 64
-        config.gan.d_layers = 3
-        config.train.steps = 400_000
-        config.train.batch_size = 128
-        config.train.learning_rate = 4.5e-6 * 128
-        config.train.warmup_steps = 0
-        config.train.lr_schedule = "constant"
-        config.train.b1 = 0.5
-        config.train.b2 = 0.9
-        config.train.max_minutes = 0.0
-        config.train.checkpoint_every = 10_000
+        config.model.update(
+            dict(
+                dtype="bfloat16",
+                ch=128,
+                ch_mults=(1, 2, 2),
+                num_res_blocks=2,
+                patch_size=1,
+                num_codes=1024,
+                code_dim=64,
+                rec_loss="l1",
+            )
+        )
+        config.gan.update(dict(start_step=50_000, weight=0.8, d_ch=64, d_layers=3))
+        config.train.update(
+            dict(
+                steps=400_000,
+                batch_size=128,
+                learning_rate=4.5e-6 * 128,
+                warmup_steps=0,
+                lr_schedule="constant",
+                b1=0.5,
+                b2=0.9,
+                max_minutes=0.0,
+                checkpoint_every=10_000,
+            )
+        )
         config.sample.every_steps = 10_000
-        config.eval.splits = ("test",)
-        config.eval.num_samples = 2048
-        config.eval.every_minutes = 0.0
-        config.eval.every_steps = 50_000
+        config.eval.update(dict(num_samples=2048, every_minutes=0.0, every_steps=50_000))
 
     if smoke:
-        config.data.image_size = 16
-        config.model.ch = 16
-        config.model.ch_mults = (1, 2)
-        config.model.patch_size = 2
-        config.model.num_res_blocks = 1
-        config.model.num_codes = 16
-        config.model.code_dim = 4 if kind == "vae" else 8
-        config.model.dtype = "float32"
+        make_smoke(config, steps=6, batch_size=8, log_every=2)
+        config.model.update(
+            dict(
+                ch=16,
+                ch_mults=(1, 2),
+                patch_size=2,
+                num_res_blocks=1,
+                num_codes=16,
+                code_dim=4 if kind == "vae" else 8,
+                dtype="float32",
+            )
+        )
         if kind == "vqgan":
-            config.gan.start_step = 3
-            config.gan.d_ch = 8
-            config.gan.d_layers = 2
+            config.gan.update(dict(start_step=3, d_ch=8, d_layers=2))
         if kind == "dvae":
-            config.dvae.anneal_steps = 6
-            config.dvae.kl_warmup_steps = 3
-        config.train.steps = 6
-        config.train.batch_size = 8
-        config.train.warmup_steps = 2
-        config.train.lr_schedule = "cosine"
-        config.train.max_minutes = 0.0
-        config.train.log_every = 2
-        config.train.checkpoint_every = 3
+            config.dvae.update(dict(anneal_steps=6, kl_warmup_steps=3))
+        config.train.update(dict(warmup_steps=2, lr_schedule="cosine"))
         config.sample.num = 8
-        config.sample.every_steps = 3
         config.eval.num_samples = 16
-        config.eval.every_minutes = 0.0
-        config.eval.every_steps = 0
     return config
