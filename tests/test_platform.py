@@ -209,3 +209,51 @@ def test_pretrain_references_resolve_to_runs_inside_the_workdir(tmp_path):
     # No reference: the same config back, nothing to train.
     config.model.text_init = ""
     assert pretrain.resolve(config, tmp_path) is config and pretrain.pending(config, tmp_path) == []
+
+
+def test_schedule_evaluates_by_steps_and_by_training_minutes():
+    from jaxgen.training import loop
+
+    config = ml_collections.ConfigDict(
+        dict(
+            train=dict(max_minutes=1.0, log_every=5, checkpoint_every=10),
+            sample=dict(every_steps=4),
+            eval=dict(every_steps=0, every_minutes=0.5),
+        )
+    )
+    every = loop.Schedule(config, train_seconds=0.0)
+    assert [every.evaluate(s, t) for s, t in [(1, 29.0), (2, 30.0), (3, 31.0), (4, 61.0)]] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    assert every.out_of_time(60.0) and not every.out_of_time(59.9)
+    assert every.sample(8) and not every.sample(6) and every.checkpoint(20) and every.log(5)
+    # Resumed after 75 s of training: the next timed evaluation falls at 90 s, not at 105 s.
+    every = loop.Schedule(config, train_seconds=75.0)
+    assert not every.evaluate(7, 89.0) and every.evaluate(8, 90.0)
+    # An evaluation by step also moves the next timed one a period on.
+    config.eval.every_steps = 3
+    every = loop.Schedule(config, train_seconds=0.0)
+    assert every.evaluate(3, 1.0) and not every.evaluate(4, 31.0) and every.evaluate(5, 61.0)
+    config.train.max_minutes = 0.0
+    assert not loop.Schedule(config, 0.0).out_of_time(1e9)
+
+
+def test_throughput_leaves_out_paused_time(monkeypatch):
+    from jaxgen.training import loop
+
+    clock = [100.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    throughput = loop.Throughput(batch_size=8)
+    throughput.count()
+    throughput.count()
+    clock[0] += 1.0
+    with throughput.paused():  # sampling and judging between steps
+        clock[0] += 5.0
+    assert throughput.rate() == 16.0
+    throughput.reset()
+    throughput.count()
+    clock[0] += 2.0
+    assert throughput.rate() == 4.0

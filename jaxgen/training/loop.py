@@ -36,7 +36,13 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Trains (or resumes) the experiment in ``workdir`` and returns the final evaluation."""
+    """Trains (or resumes) the experiment in ``workdir`` and returns the final evaluation (the
+    latest one, when a SIGTERM stopped the run first)."""
+    return _train_and_evaluate(config, workdir)[0]
+
+
+def _train_and_evaluate(config, workdir) -> tuple[dict, bool]:
+    """``train_and_evaluate``, and whether SIGTERM stopped the run (or a pretraining run)."""
     # Everything cheap is validated before the workdir is touched or anything pretrains.
     validate_train_config(config.train)
     workdir_lib.build_pipeline(config)
@@ -47,7 +53,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir_lib.save_config(config, workdir)  # as given: "pretrain:<name>" stays relative
     for spec, pretrain_dir in pretrain.pending(config, workdir):
         logging.info("Pretraining %s in %s.", spec, pretrain_dir)
-        train_and_evaluate(load_experiment(spec), pretrain_dir)
+        results, preempted = _train_and_evaluate(load_experiment(spec), pretrain_dir)
+        if preempted:  # not done: the next start resumes the pretraining run
+            return results, True
         pretrain.mark_done(pretrain_dir, spec)
     config = pretrain.resolve(config, workdir)
 
@@ -56,12 +64,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         preempted = run.train()
     finally:
         run.close()  # also on errors (e.g. a NaN loss): in-flight saves of good states finish
-    results = {}
     if not preempted and run.step > run.start_step:
         run.write_samples()
-        results = run.evaluate()
+        run.evaluate()
     run.writer.close()
-    return results
+    return run.results, preempted
 
 
 class Run:
@@ -90,7 +97,8 @@ class Run:
         self.checkpointer = ckpt_lib.Checkpointer(
             workdir / "checkpoints", max_to_keep=tc.get("keep_checkpoints", 3)
         )
-        self.train_seconds, self.skipped = 0.0, 0
+        self.train_seconds, self.skipped, self.results = 0.0, 0, {}
+        self.skip_nonfinite = bool(tc.get("skip_nonfinite_updates", False))
         if self.checkpointer.latest_step() is None:
             self.state, self.start_step, self.last_saved = self._fresh_state(), 0, None
         else:
@@ -124,7 +132,7 @@ class Run:
     def compiled_step(self):
         """The pipeline's step, jitted with the state donated and placed by ``config.mesh``."""
         step_fn = self.pipeline.train_step
-        if self.config.train.get("skip_nonfinite_updates", False):
+        if self.skip_nonfinite:
             step_fn = guard_nonfinite(step_fn)
         shardings = mesh_lib.state_sharding(
             self.state, self.mesh, mesh_lib.fsdp_min_size(self.config)
@@ -140,7 +148,6 @@ class Run:
         tc = self.config.train
         train_step = self.compiled_step()
         every = Schedule(self.config, self.train_seconds)
-        skip_nonfinite = bool(tc.get("skip_nonfinite_updates", False))
         throughput = Throughput(tc.batch_size)
         bar = tqdm(
             total=int(tc.steps),
@@ -151,7 +158,10 @@ class Run:
             dynamic_ncols=True,
         )
         with bar, _Preemption() as preemption:
-            while self.step < int(tc.steps) and not every.out_of_time(self.train_seconds):
+            while self.step < int(tc.steps):
+                if every.out_of_time(self.train_seconds):
+                    logging.info("Reached train.max_minutes at step %d.", self.step)
+                    break
                 t0 = time.perf_counter()
                 batch = self.next_batch()
                 rng = jax.random.fold_in(self.rngs["train"], self.step)
@@ -163,18 +173,19 @@ class Run:
                 # Every step's few scalars come to the host (the step is waited on anyway), so a
                 # non-finite value is caught at the step that produced it, before any save.
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                check_finite(host, self.step, skip=skip_nonfinite)
+                check_finite(host, self.step, skip=self.skip_nonfinite)
                 self.skipped += int(host.get("skipped", 0.0))
                 if every.log(self.step) or must_save:
                     host["images_per_second"] = throughput.rate()
                     host["train_minutes"] = (self.train_seconds + time.perf_counter() - t0) / 60
-                    if skip_nonfinite:
+                    if self.skip_nonfinite:
                         host["skipped_steps"] = self.skipped
                     self.writer.write_scalars(self.step, host)
                     bar.set_postfix(
                         loss=f"{host.get('loss', float('nan')):.4f}",
                         img_s=f"{host['images_per_second']:.0f}",
                     )
+                    throughput.reset()
                 self.train_seconds += time.perf_counter() - t0
                 bar.update(1)
                 if must_save:
@@ -182,15 +193,15 @@ class Run:
                 if preemption.requested:
                     logging.warning("SIGTERM: saved a checkpoint at step %d; exiting.", self.step)
                     break
-                if is_last or every.out_of_time(self.train_seconds):
+                if is_last:
                     break  # the final grid and evaluation follow the loop
+                if every.out_of_time(self.train_seconds):
+                    continue  # the loop's check ends it; the final grid and evaluation follow
                 with throughput.paused():  # time spent sampling and judging is not training
                     if every.sample(self.step):
                         self.write_samples()
                     if every.evaluate(self.step, self.train_seconds):
                         self.evaluate()
-        if every.out_of_time(self.train_seconds):
-            logging.info("Reached train.max_minutes at step %d.", self.step)
         if self.last_saved != self.step:
             self.save()
         return preemption.requested
@@ -229,6 +240,7 @@ class Run:
         logging.info(
             "Evaluation at step %d (%.1f min of training): %s", self.step, minutes, results
         )
+        self.results = results
         return results
 
     def close(self) -> None:
@@ -267,26 +279,29 @@ class Schedule:
         return bool(self.sample_every) and step % self.sample_every == 0
 
     def evaluate(self, step: int, train_seconds: float) -> bool:
+        """Whether an evaluation is due; each one moves the next timed one a period on."""
         due = bool(self.eval_every_steps) and step % self.eval_every_steps == 0
-        if train_seconds >= self.next_eval_seconds:
-            due, self.next_eval_seconds = True, self.next_eval_seconds + self.eval_every_seconds
+        due = due or train_seconds >= self.next_eval_seconds
+        if due:
+            self.next_eval_seconds += self.eval_every_seconds
         return due
 
 
 class Throughput:
-    """Images per second over the steps since the last ``rate()``, less paused time."""
+    """Images per second over the steps since the last ``reset()``, less paused time."""
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
+        self.reset()
+
+    def reset(self) -> None:
         self.start, self.steps = time.perf_counter(), 0
 
     def count(self) -> None:
         self.steps += 1
 
     def rate(self) -> float:
-        rate = self.steps * self.batch_size / (time.perf_counter() - self.start)
-        self.start, self.steps = time.perf_counter(), 0
-        return rate
+        return self.steps * self.batch_size / (time.perf_counter() - self.start)
 
     @contextlib.contextmanager
     def paused(self):

@@ -96,20 +96,19 @@ def abstract_state(pipeline, config, mesh, source) -> Any:
     )
 
 
-def restore_state(pipeline, config, workdir: str | Path, mesh=None, source=None):
+def restore_state(pipeline, config, workdir: str | Path):
     """Loads the newest checkpoint of a workdir. Returns ``(state, meta, step)``."""
-    mesh = mesh or mesh_lib.make_mesh(config)
     ckpt_dir = Path(workdir) / "checkpoints"
     if not ckpt_dir.exists():
         raise ckpt_lib.NoCheckpointError(
             f"No checkpoints in {workdir}: train first with "
             f"`python -m jaxgen.main --config=... --workdir={workdir}`."
         )
-    if source is None and pipeline.needs_data:
-        source = data_lib.build_source(config.data, "train")
+    source = data_lib.build_source(config.data, "train") if pipeline.needs_data else None
     checkpointer = ckpt_lib.Checkpointer(ckpt_dir)
     try:
-        return checkpointer.restore(abstract_state(pipeline, config, mesh, source))
+        abstract = abstract_state(pipeline, config, mesh_lib.make_mesh(config), source)
+        return checkpointer.restore(abstract)
     finally:
         checkpointer.close()
 
@@ -179,8 +178,19 @@ def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
     return TrainedModel(config, pipeline, state, step, workdir)
 
 
-@functools.lru_cache(maxsize=4)
 def load_trained(workdir: str) -> TrainedModel:
-    """``load(workdir)``, once per path: the runs pipelines build on (a CLIP that conditions,
-    re-ranks or scores) are read once per process, however often they are asked for."""
+    """``load(workdir)``, once per path and checkpoint: the runs pipelines build on (a CLIP that
+    conditions, re-ranks or scores) are read once per process, however often they are asked
+    for, and again when the run has a newer checkpoint."""
+    return _load_step(str(workdir), _newest_checkpoint(workdir))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_step(workdir: str, step: int | None) -> TrainedModel:
+    del step  # the cache key
     return load(workdir)
+
+
+def _newest_checkpoint(workdir: str | Path) -> int | None:
+    steps = [int(p.name) for p in (Path(workdir) / "checkpoints").glob("*") if p.name.isdigit()]
+    return max(steps, default=None)
