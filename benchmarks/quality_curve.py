@@ -4,8 +4,8 @@
     python benchmarks/quality_curve.py runs/ddpm_digits --metrics=test/accuracy,test/frechet
 
 It reads ``eval_history.jsonl``, which the training loop appends at every evaluation (every
-``config.eval.every_minutes`` of training time, and at the end), so the numbers in the README come
-from the run itself. Training minutes exclude the time spent sampling and judging.
+``config.eval.every_minutes`` of training time, and at the end), so the numbers in the results
+logs come from the run itself. Training minutes exclude the time spent sampling and judging.
 """
 
 import argparse

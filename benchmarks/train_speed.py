@@ -25,10 +25,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from common import MATMUL_N, Matmul, parse_overrides, train_throughput  # noqa: E402
 
-from jaxgen.config import (
-    apply_overrides,  # noqa: E402
-    load_experiment,  # noqa: E402
-)
+from jaxgen.config import apply_overrides, load_experiment  # noqa: E402
 
 _CONFIGS = flags.DEFINE_multi_string(
     "config",

@@ -6,6 +6,8 @@ fixed, e.g. ``--config=experiments/vqgan.py:digits,smoke``. Variants, comma-sepa
   digits            scikit-learn's digits at 16x16, 4x4 tokens
   cifar10           CIFAR-10 via TFDS at 32x32, 8x8 tokens, a larger network (VQGAN, accelerators)
   smoke             a tiny version of any of the above that runs in under a minute on a CPU
+
+The measurements behind the settings are in docs/results/autoencoders.md.
 """
 
 import ml_collections
@@ -69,10 +71,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(
                 temperature_start=1.0,
                 temperature_end=1.0 / 16.0,
-                # 400 measured worse on shapes (held-out 23.9 dB, shape 0.62; README).
+                # 400 measured worse on shapes (held-out 23.9 dB, shape 0.62).
                 anneal_steps=800,
                 # Per-token KL (nats) against the per-pixel MSE: a small weight, ramped up.
-                # 1e-4 measured the same on shapes (held-out 25.1 dB, shape 0.80; README).
+                # 1e-4 measured the same on shapes (held-out 25.1 dB, shape 0.80).
                 kl_weight=1e-3,
                 kl_warmup_steps=200,
                 # KL of the batch-averaged posterior to uniform: spreads tokens over the codebook.
@@ -82,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 # Multiplies the encoder's logits: their margins against the Gumbel noise, and
                 # how fast they grow. Measured on shapes at step 450 (two runs at a time):
                 # held-out PSNR 23.9 dB, shape 0.80 at 4 against 23.0 dB, 0.61 at 1 and
-                # 23.6 dB, 0.71 at 8; with code_dim 128 (8 before) 24.6 dB, 0.85 (README).
+                # 23.6 dB, 0.71 at 8; with code_dim 128 (8 before) 24.6 dB, 0.85.
                 logit_scale=4.0,
                 dead_threshold=0.03,
                 usage_decay=0.9,

@@ -469,7 +469,7 @@ def test_clip_config_variants_pick_the_image_colour_mode():
     assert load_experiment("experiments/clip.py").model.image_colour == "factorised"
     assert load_experiment("experiments/clip.py:joint,smoke").model.image_colour == "joint"
     assert load_experiment("experiments/clip.py:digits").model.image_colour == "joint"
-    # DDPM conditions on the joint-tower CLIP's text encoder (README: better colours).
+    # DDPM conditions on the joint-tower CLIP's text encoder (docs/results/ddpm.md: better colours).
     assert load_experiment("experiments/ddpm.py").pretrain.clip == "clip:joint,parse"
     with pytest.raises(ValueError, match="any of joint, parse, smoke"):
         load_experiment("experiments/clip.py:colour")
@@ -556,7 +556,7 @@ def test_clip_step_adds_the_weighted_parse_loss():
     from jaxgen.pipelines.clip import contrastive_loss
 
     config = load_experiment("experiments/clip.py:parse,smoke")
-    # Only causal attention learned to parse in the measured budget (README), smoke or not.
+    # Only causal attention learned to parse in the measured budget (the CLIP log), smoke or not.
     assert config.model.parse_weight > 0 and config.data.parse_labels and config.model.text.causal
     config.model.parse_weight = 0.5
     pipeline = build_pipeline(config)

@@ -149,7 +149,7 @@ def evaluate_generator(
       num_samples: prompts per split.
       seed: which prompts are drawn (fixed so evaluations over training are comparable).
       generate_options: keyword arguments for ``generate`` (e.g. fewer sampler steps).
-      embedder: a trained CLIP (``clip_metrics.load_embedder``) for CLIP score and R-precision;
+      embedder: a trained CLIP (``Pipeline.load_embedder``) for CLIP score and R-precision;
         None skips them.
       num_distractors: captions of other contents each image's caption is ranked against.
 

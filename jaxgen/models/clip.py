@@ -97,8 +97,6 @@ class ImageEncoder(nn.Module):
                 )
             cells = pixels.reshape(batch, h, images.shape[1] // h, w, images.shape[2] // w, colours)
             x = jnp.concatenate([jnp.max(x, axis=1), jnp.max(cells, axis=(2, 4))], axis=-1)
-        # The last feature map, for callers that read it (mutable=["intermediates"]).
-        self.sow("intermediates", "feature_map", x)
         x = x.reshape(x.shape[0], -1)  # flattened, not averaged: relations live in position
         x = nn.gelu(dense(self.out_dim, self.dtype, name="fc")(x))
         return nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x)

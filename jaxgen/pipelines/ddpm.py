@@ -17,9 +17,6 @@ from jaxgen.pipelines import pretrained
 from jaxgen.pipelines import state as state_lib
 from jaxgen.pipelines.base import Pipeline
 
-# Options measured without gain and removed (docs/results/ddpm.md, "Tried and dropped").
-REMOVED_UNET_OPTIONS = ("coord_channels", "rel_pos_bias", "text_adapter_depth", "parse_tokens")
-
 
 def _with_frozen(loss_fn, name):
     """``loss_fn`` with ``params[name]`` behind a stop-gradient (its gradient is zero)."""
@@ -53,13 +50,7 @@ class DDPMPipeline(Pipeline):
         text = None
         if mc.get("text") is not None:
             text = TextEncoder(max_len=self.max_text_len, dtype=dtype, **mc.text.to_dict())
-        unet = mc.unet.to_dict()
-        for key in REMOVED_UNET_OPTIONS:  # workdirs saved while these existed: off is harmless
-            if unet.pop(key, False):
-                raise ValueError(
-                    f"model.unet.{key} was removed (it measured no gain; docs/results/ddpm.md)."
-                )
-        self.model = UNet(**unet, text_encoder=text, dtype=dtype)
+        self.model = UNet(**mc.unet.to_dict(), text_encoder=text, dtype=dtype)
         self.conditional = text is not None
         if not 0.0 <= float(dc.cond_drop_prob) < 1.0:
             raise ValueError(
