@@ -5,7 +5,10 @@ import os
 import shutil
 import tempfile
 
+import helpers  # imports no JAX, so the flags below still reach it
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = helpers.TEST_XLA_FLAGS
 # One persistent compilation cache for the whole session: the xdist workers and the CLI
 # subprocesses they start inherit it, so a training step compiled by one test (a smoke run, its
 # resume, its --mode=sample) is read back by the next instead of compiled again.
@@ -14,7 +17,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-import helpers  # noqa: E402
 import pytest  # noqa: E402
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from helpers import REPO_ROOT, SMOKE_CONFIG, cli_env, read_jsonl
+from helpers import REPO_ROOT, SMOKE_CONFIG, TEST_XLA_FLAGS, cli_env, read_jsonl
 
 import jaxgen
 
@@ -22,7 +22,7 @@ RUN_ARGS = (
     "--config.train.log_every=1",
     "--config.sample.every_steps=0",
 )
-FOUR_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+FOUR_DEVICES = {"XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=4"}
 
 
 def state_of(workdir: Path):

@@ -563,11 +563,11 @@ def test_clip_step_adds_the_weighted_parse_loss():
     source = shapes.ShapesSource("train", image_size=16, max_text_len=64, parse_labels=True)
     items = [source[i] for i in range(6)]
     batch = {k: jnp.asarray(np.stack([it[k] for it in items])) for k in items[0]}
-    state = pipeline.init(jax.random.key(0), batch)
+    state = jax.jit(pipeline.init)(jax.random.key(0), batch)
     params = state.params["clip"]
     _, metrics = jax.jit(pipeline.train_step)(state, batch, jax.random.key(1))
     # Recomputed from the model's outputs: cross-entropy per field in numpy, then their mean.
-    img, txt, scale, logits = pipeline.model.apply(
+    img, txt, scale, logits = jax.jit(pipeline.model.apply)(
         {"params": params}, to_model_space(batch["image"]), batch["tokens"]
     )
     ce = parse_cross_entropy(logits, batch["parse"])
@@ -580,9 +580,10 @@ def test_clip_step_adds_the_weighted_parse_loss():
     results = build_pipeline(config).evaluate_embeddings(state)
     captions, truths, _ = pipeline.judge.prompts("test", int(config.eval.num_samples), seed=0)
     tokens = jnp.asarray(np.stack([encode(c, 64) for c in captions]))
-    _, logits = pipeline.model.apply(
-        {"params": state.ema_params["clip"]}, tokens, method=CLIP.parse_text
+    parse_text = jax.jit(
+        lambda p, t: pipeline.model.apply({"params": p}, t, method=CLIP.parse_text)
     )
+    _, logits = parse_text(state.ema_params["clip"], tokens)
     got = np.stack([np.argmax(lg, -1) for lg in logits], -1)
     want = np.stack([shapes.parse_labels(t) for t in truths])
     assert results["test/parse_accuracy"] == pytest.approx(np.mean(np.all(got == want, -1)))

@@ -152,7 +152,7 @@ def test_variants_select_the_paper_components():
 def test_a_step_trains_every_network(variant):
     pipe, config = _pipeline(f"smoke,joint,{variant}")
     batch = _batch(config)
-    state = pipe.init(jax.random.key(0), batch)
+    state = jax.jit(pipe.init)(jax.random.key(0), batch)
     new, metrics = jax.jit(pipe.train_step)(state, batch, jax.random.key(1))
     for name in ("G", "D", "S", "text"):
         moved = jax.tree.map(
@@ -166,7 +166,7 @@ def test_a_step_trains_every_network(variant):
 def test_the_mismatched_caption_of_the_matching_aware_discriminator():
     pipe, config = _pipeline("smoke,joint,gan_cls")
     batch = _batch(config)
-    state = pipe.init(jax.random.key(0), batch)
+    state = jax.jit(pipe.init)(jax.random.key(0), batch)
     _, metrics = jax.jit(pipe.train_step)(state, batch, jax.random.key(1))
     # d_wrong is D's mean belief in (real image, mismatched caption) before its update.
     t = pipe.text.apply({"params": state.params["text"]}, jnp.asarray(batch["tokens"]))
@@ -178,7 +178,7 @@ def test_the_mismatched_caption_of_the_matching_aware_discriminator():
 
 def test_match_logits_score_each_pair_with_d_on_its_own():
     pipe, config = _pipeline("smoke,joint")
-    state = pipe.init(jax.random.key(0), _batch(config))
+    state = jax.jit(pipe.init)(jax.random.key(0), _batch(config))
     source = shapes.ShapesSource("test", config.data.image_size)
     examples = [source.example(i) for i in range(6)]
     images = np.stack([e["image"] for e in examples])
@@ -202,7 +202,7 @@ def test_match_logits_score_each_pair_with_d_on_its_own():
 def test_warm_start_loads_the_clip_text_tower(clip_smoke_workdir):
     pipe, config = _pipeline("smoke", **{"model.text_init": str(clip_smoke_workdir)})
     batch = _batch(config, 2)
-    state = pipe.warm_start(pipe.init(jax.random.key(0), batch))
+    state = pipe.warm_start(jax.jit(pipe.init)(jax.random.key(0), batch))
     # The text tower is the CLIP run's (EMA) one; it has no optimizer (frozen).
     clip = jaxgen.load(clip_smoke_workdir).state.ema_params["clip"]
     chex.assert_trees_all_equal(state.params["text"], jax.device_get(clip["text"]))
@@ -217,7 +217,7 @@ def test_warm_start_rejects_a_clip_text_tower_of_another_shape(clip_smoke_workdi
         "smoke", **{"model.text_init": str(clip_smoke_workdir), "model.text.width": 64}
     )
     with pytest.raises(ValueError, match="does not fit this GAN's model.text"):
-        pipe.warm_start(pipe.init(jax.random.key(0), _batch(config, 2)))
+        pipe.warm_start(jax.jit(pipe.init)(jax.random.key(0), _batch(config, 2)))
 
 
 def test_frozen_clip_text_and_bad_settings():
@@ -235,7 +235,7 @@ def test_frozen_clip_text_and_bad_settings():
 
 def test_generation_interpolation_and_style_transfer():
     pipe, config = _pipeline()
-    state = pipe.init(jax.random.key(0), _batch(config))
+    state = jax.jit(pipe.init)(jax.random.key(0), _batch(config))
     prompts = ["a small red circle", "a large blue square"]
     imgs = pipe.generate(state, prompts, jax.random.key(0))
     assert imgs.shape == (2, 16, 16, 3) and imgs.dtype == np.uint8

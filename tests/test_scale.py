@@ -125,7 +125,7 @@ def test_bfloat16_model_computes_in_bfloat16():
     pipeline = build_pipeline(config)
     source = data_lib.build_source(config.data, "train")
     batch = workdir_lib.example_batch(source, 2)
-    state = pipeline.init(jax.random.key(0), batch)
+    state = jax.jit(pipeline.init)(jax.random.key(0), batch)
     x = jax.numpy.zeros((2, 16, 16, 3))
     out = pipeline.model.apply(
         {"params": state.params["unet"]}, x, jax.numpy.zeros(2, "int32"), batch["tokens"]
