@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scale_helpers as sh
 from helpers import copy_workdir, experiment_config, read_jsonl, run_cli
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_cli import assert_clean_error
 
@@ -169,14 +169,29 @@ def reference_model(reference_workdir):
     return jaxgen.load(reference_workdir)
 
 
+def should_reject(text: str, max_len: int) -> bool:
+    """The documented rule, written out: not UTF-8 encodable, blank, or too long for BOS+EOS."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return not text.strip() or len(data) + 2 > max_len
+
+
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.text(max_size=80))
+@example("a red circle")  # always one prompt that must sample, and one of each rejection
+@example("   ")
+@example("\ud800")
+@example("x" * 63)
 def test_any_text_prompt_samples_or_raises_prompt_error(reference_model, text):
-    """Hostile prompts: either a clean PromptError, or a valid image; never anything else."""
-    try:
-        images = reference_model.generate([text], seed=0)
-    except PromptError:
+    """Hostile prompts: a clean PromptError exactly when the rule says so, else a valid image."""
+    max_len = reference_model.config.data.max_text_len
+    if should_reject(text, max_len):
+        with pytest.raises(PromptError):
+            reference_model.generate([text], seed=0)
         return
+    images = reference_model.generate([text], seed=0)
     assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8
