@@ -109,12 +109,44 @@ def test_optimizer_clips_gradients():
     np.testing.assert_allclose(mu["w"], np.full(4, 0.1 * 0.5), rtol=1e-6)
 
 
+TWO_DEVICE_MESH_CHECK = """
+import numpy as np
+from jaxgen.training import mesh
+m = mesh.make_mesh()
+assert m.devices.size == 2, m.devices
+mesh.check_batch_size(4, m)
+try:
+    mesh.check_batch_size(3, m)
+except ValueError as e:
+    assert "not divisible" in str(e), e
+else:
+    raise AssertionError("a batch of 3 over 2 devices was accepted")
+batch = {"image": np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)}
+out = mesh.to_global(batch, m)
+assert len(out["image"].sharding.device_set) == 2, out["image"].sharding
+np.testing.assert_array_equal(np.asarray(out["image"]), batch["image"])
+print("ok")
+"""
+
+
 def test_batch_size_must_divide_over_devices():
-    m = mesh.make_mesh()
-    mesh.check_batch_size(8 * m.devices.size, m)
-    if m.devices.size > 1:
-        with pytest.raises(ValueError, match="not divisible"):
-            mesh.check_batch_size(m.devices.size + 1, m)
+    """On 2 fake CPU devices, in a subprocess: the test session itself has one device, where
+    every batch size divides."""
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT, TEST_XLA_FLAGS, cli_env
+
+    env = {**cli_env(), "XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICE_MESH_CHECK],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
 def test_to_global_keeps_values():
