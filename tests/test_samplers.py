@@ -95,6 +95,23 @@ def test_ddim_eta0_step_is_deterministic_eq_12():
     np.testing.assert_allclose(std, 0.0)
 
 
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_ddim_stochastic_skip_step_matches_eq_12_and_16(eta):
+    """DDIM (Song et al. 2021) from t=600 to 550 with eta > 0, in numpy on the linear schedule:
+    sigma = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar') (eq. 16), and
+    x' = sqrt(abar') x0_hat + sqrt(1 - abar' - sigma^2) eps_hat + sigma z (eq. 12)."""
+    sched = dif.make_schedule("linear", 1000)
+    x_t, eps_hat, t = _step_inputs(sched, 600, seed=3)
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    a, a_prev = abar[600], abar[550]
+    sigma = eta * np.sqrt((1 - a_prev) / (1 - a)) * np.sqrt(1 - a / a_prev)
+    x0_hat = (np.asarray(x_t) - np.sqrt(1 - a) * np.asarray(eps_hat)) / np.sqrt(a)
+    expected = np.sqrt(a_prev) * x0_hat + np.sqrt(1 - a_prev - sigma**2) * np.asarray(eps_hat)
+    mean, std = dif.ddim_step_mean_std(sched, eps_hat, x_t, t, t - 50, eta=eta, clip_x0=False)
+    np.testing.assert_allclose(mean, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(std).reshape(-1), sigma, rtol=1e-4)
+
+
 def test_ddim_timesteps_evenly_spaced_and_distinct():
     steps = dif.ddim_timesteps(1000, 50)
     assert steps[0] == 999 and steps[-1] == 0 and len(steps) == 50
