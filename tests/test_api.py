@@ -83,3 +83,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     # The last good checkpoint (step 2) loads as soon as the error is raised.
     model = jaxgen.load(workdir)
     assert model.step == 2 and int(model.state.step) == 2
+
+
+def test_guidance_and_the_caption_change_the_samples(model):
+    """The same seed, with guidance off (s = 1) and on (s = 5), and with another caption."""
+    a, b, c = PROMPTS
+    unguided = model.generate([a, b], seed=3, guidance_scale=1.0).astype(int)
+    guided = model.generate([a, b], seed=3, guidance_scale=5.0).astype(int)
+    assert np.abs(guided - unguided).mean() > 1.0
+    # Another caption in row 0 changes row 0 only: row 1 keeps its prompt and its noise.
+    swapped = model.generate([c, b], seed=3, guidance_scale=5.0).astype(int)
+    assert np.abs(swapped[0] - guided[0]).mean() > 0.25
+    np.testing.assert_array_equal(swapped[1], guided[1])
