@@ -1,7 +1,7 @@
 """Training throughput of any experiment: images/s, step time and achieved FLOP rate.
 
     python benchmarks/train_speed.py [--config=experiments/clip.py --config=...] [--steps=10]
-        [--set=model.g_ch=16 ...] [--json_out=FILE]
+        [--set=train.batch_size=64 ...] [--json_out=FILE]
 
 For each config (``path[:variant]``) this builds the pipeline, the loop's initial state and batch
 iterator, compiles the loop's jitted train step (state donated), and times ``--steps`` steps with

@@ -18,11 +18,12 @@ from jaxgen.pipelines import state as state_lib
 from jaxgen.pipelines.base import Pipeline
 
 
-def _with_frozen(loss_fn, name):
-    """``loss_fn`` with ``params[name]`` behind a stop-gradient (its gradient is zero)."""
+def _with_frozen_text(loss_fn):
+    """``loss_fn`` with the text encoder behind a stop-gradient (its gradient is zero)."""
 
     def frozen(params):
-        return loss_fn({**params, name: jax.lax.stop_gradient(params[name])})
+        text = jax.lax.stop_gradient(params["text_encoder"])
+        return loss_fn({**params, "text_encoder": text})
 
     return frozen
 
@@ -134,7 +135,7 @@ class DDPMPipeline(Pipeline):
         params = state.params["unet"]
         if self.freeze_text:
             # A pretrained (CLIP) text encoder stays as it is: no gradient, so Adam leaves it.
-            loss_fn = _with_frozen(loss_fn, "text_encoder")
+            loss_fn = _with_frozen_text(loss_fn)
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = self.tx.update(grads, state.opt_state["unet"], params)
         params = jax.tree.map(jnp.add, params, updates)

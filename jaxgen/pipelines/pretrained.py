@@ -24,7 +24,7 @@ def clip_params(run, what: str = "CLIP weights", causal: bool | None = None) -> 
       what: what the caller loads, for the error when the run is another pipeline's.
       causal: the attention the loading model's text encoder uses (``model.text.causal``); it
         must be the CLIP's, which the parameter shapes cannot show (ValueError otherwise).
-        None skips the check (a caller that uses no text tower).
+        None skips the check.
     """
     config = run.config
     if config.pipeline != "clip":

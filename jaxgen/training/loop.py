@@ -231,7 +231,7 @@ class Run:
             images_lib.save_png(grid, path, scale=2)
             self.writer.write_image(self.step, "samples", grid)
 
-    def evaluate(self) -> dict:
+    def evaluate(self) -> None:
         rng = jax.random.fold_in(self.rngs["eval"], self.step)
         results = workdir_lib.run_evaluators(self.pipeline, self.state, rng)
         minutes = self.train_seconds / 60.0
@@ -241,7 +241,6 @@ class Run:
             "Evaluation at step %d (%.1f min of training): %s", self.step, minutes, results
         )
         self.results = results
-        return results
 
     def close(self) -> None:
         self.checkpointer.close()
@@ -250,8 +249,9 @@ class Run:
 
 class Schedule:
     """When the loop logs, saves, samples and evaluates, and when its time is up (from
-    ``config.train``, ``config.sample`` and ``config.eval``). Evaluations by time fall on
-    multiples of ``eval.every_minutes`` of training time, also across a resume."""
+    ``config.train``, ``config.sample`` and ``config.eval``). The first evaluation by time falls
+    on the next multiple of ``eval.every_minutes`` of training time (also across a resume); each
+    evaluation, by step or by time, moves the next timed one a period on."""
 
     def __init__(self, config: ml_collections.ConfigDict, train_seconds: float):
         tc = config.train

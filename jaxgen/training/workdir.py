@@ -79,10 +79,8 @@ def example_batch(source, n: int = 1) -> dict[str, np.ndarray]:
 def init_state(pipeline, config, mesh, source) -> Any:
     """The initial state, placed on the mesh (replicated, or split over ``fsdp``)."""
     batch = example_batch(source) if source is not None else None
-    rng = root_rngs(config.seed)["init"]
-    abstract = jax.eval_shape(pipeline.init, rng, batch)
-    shardings = mesh_lib.state_sharding(abstract, mesh, mesh_lib.fsdp_min_size(config))
-    return jax.jit(pipeline.init, out_shardings=shardings)(rng, batch)
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_state(pipeline, config, mesh, source))
+    return jax.jit(pipeline.init, out_shardings=shardings)(root_rngs(config.seed)["init"], batch)
 
 
 def abstract_state(pipeline, config, mesh, source) -> Any:
