@@ -16,10 +16,10 @@ def test_split():
 
 
 def test_splits_are_disjoint_and_cover_all():
-    train, test = digits.split_indices("train"), digits.split_indices("test")
-    assert len(train) == 1500 and len(test) == 297
-    assert not set(train) & set(test)
-    assert len(set(train) | set(test)) == 1797
+    train, val, test = (digits.split_indices(s) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (1203, 297, 297)
+    assert not set(train) & set(test) and not set(train) & set(val) and not set(val) & set(test)
+    assert len(set(train) | set(val) | set(test)) == 1797
     with pytest.raises(ValueError, match="split"):
         digits.split_indices("validation")
 

@@ -80,8 +80,8 @@ def test_deterministic_and_order_independent():
 
 def test_lengths_and_indexing():
     assert len(shapes.ShapesSource("train")) == 100_000
-    assert len(shapes.ShapesSource("test")) == 2_000
-    assert len(shapes.ShapesSource("heldout")) == 2_000
+    for split in ("val", "heldout_val", "test", "heldout"):
+        assert len(shapes.ShapesSource(split)) == 2_000
     src = shapes.ShapesSource("test", num_examples=10)
     assert len(src) == 10
     np.testing.assert_array_equal(src[-1]["image"], src[9]["image"])
@@ -95,15 +95,33 @@ def test_lengths_and_indexing():
 def test_heldout_pairs():
     assert len(shapes.HELDOUT_PAIRS) == 4
     heldout = set(shapes.HELDOUT_PAIRS)
-    for split, n in (("train", 20_000), ("test", 2_000)):
+    for split, n in (("train", 20_000), ("val", 2_000), ("test", 2_000)):
         src = shapes.ShapesSource(split)
         for i in range(n):
             for obj in src.truth(i)["objects"]:
                 assert (obj["colour"], obj["shape"]) not in heldout, (split, i)
-    src = shapes.ShapesSource("heldout")
-    for i in range(2_000):
-        pairs = {(o["colour"], o["shape"]) for o in src.truth(i)["objects"]}
-        assert pairs & heldout, i
+    for split in ("heldout_val", "heldout"):
+        src = shapes.ShapesSource(split)
+        for i in range(2_000):
+            pairs = {(o["colour"], o["shape"]) for o in src.truth(i)["objects"]}
+            assert pairs & heldout, (split, i)
+
+
+def test_every_split_is_its_own_stream_and_val_keeps_the_old_test_stream():
+    """Tuning reads val, reports read test: the two must be different examples. Stream 1 (the
+    old test split, which settings were chosen on) is val now; test is a stream of its own."""
+
+    def scene(split, i):
+        t = shapes.sample_truth(split, i)
+        return t["caption"], str(t["objects"])
+
+    first = {s: [scene(s, i) for i in range(200)] for s in shapes.SPLITS}
+    for a in first:
+        for b in first:
+            if a < b:  # whole scenes (caption and boxes) repeat across splits by chance only
+                assert len(set(first[a]) & set(first[b])) <= 2, (a, b)
+    assert shapes.SPLITS["val"] == 1 and shapes.SPLITS["heldout_val"] == 2
+    assert shapes.SPLITS["test"] not in (0, 1, 2) and shapes.SPLITS["heldout"] not in (0, 1, 2)
 
 
 def test_scene_statistics():

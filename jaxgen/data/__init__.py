@@ -5,6 +5,8 @@ from jaxgen.data.pipeline import DataError, make_batch_iterator
 __all__ = ["DataError", "SOURCES", "build_source", "make_batch_iterator"]
 
 SOURCES = ("shapes", "digits", "tfds", "folder")
+#: jaxgen split -> TFDS split spec (``data.tfds_splits`` overrides it).
+TFDS_SPLITS = {"train": "train[:98%]", "val": "train[98%:]", "test": "test"}
 
 
 def build_source(data_config, split: str):
@@ -13,8 +15,11 @@ def build_source(data_config, split: str):
     Args:
       data_config: ``config.data`` with at least ``name``, ``image_size``, ``max_text_len``;
         ``tfds`` also needs ``tfds_name`` (and optionally ``data_dir``), ``folder`` needs
-        ``directory`` (and optionally ``test_directory`` for evaluation prompts).
-      split: "train", "test" (and "heldout" for shapes).
+        ``directory`` (and optionally ``val_directory`` and ``test_directory`` for evaluation
+        prompts).
+      split: "train", "val", "test" (and "heldout_val", "heldout" for shapes). For TFDS,
+        ``data_config.tfds_splits`` maps each to a TFDS split spec (by default ``val`` is the
+        last 2% of TFDS ``train``, which ``train`` then leaves out).
 
     ``data_config.parse_labels`` (shapes only) adds each training caption's content as class
     labels, ``"parse"`` (``shapes.parse_labels``).
@@ -49,9 +54,14 @@ def build_source(data_config, split: str):
     if name == "tfds":
         from jaxgen.data.tfds_source import TfdsSource
 
+        specs = dict(data_config.get("tfds_splits") or TFDS_SPLITS)
+        if split not in specs:
+            raise ValueError(
+                f"No TFDS split for {split!r}: data.tfds_splits maps only {sorted(specs)}."
+            )
         return TfdsSource(
             data_config.tfds_name,
-            split=split,
+            split=specs[split],
             image_size=size,
             max_text_len=max_len,
             data_dir=data_config.get("data_dir") or None,

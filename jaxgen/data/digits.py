@@ -3,8 +3,9 @@
 The 1,797 images (8x8, values 0..16, from the UCI optical recognition dataset) ship inside
 scikit-learn, so this dataset needs no network. Each image becomes a white digit on a black
 uint8 RGB canvas of `image_size` pixels, captioned with varied English ("a handwritten seven",
-"the digit 7", ...). The train/test split is a fixed permutation, independent of `seed`, so that
-the digits judge (trained on the train split) never sees a test image whatever seed a run uses.
+"the digit 7", ...). The train / val / test split is a fixed permutation, independent of `seed`,
+so that the digits judge (trained on the train split) never sees a val or test image whatever
+seed a run uses. Settings are tuned on "val"; "test" reports.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from jaxgen.data.pipeline import check_index, encode_caption
 
 NUM_CLASSES = 10
 NUM_TEST = 297
-SPLITS = ("train", "test")
+NUM_VAL = 297
+SPLITS = ("train", "val", "test")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # {w}: the digit as a word, {d}: as a numeral.
 CAPTION_TEMPLATES = (
@@ -50,7 +52,7 @@ def split_indices(split: str) -> np.ndarray:
     """Returns the indices into `load_digits()` that form `split`.
 
     Args:
-      split: "train" (1,500 images) or "test" (297 images).
+      split: "train" (1,203 images), "val" (297) or "test" (297).
 
     Returns:
       int64 array [N], sorted.
@@ -59,15 +61,18 @@ def split_indices(split: str) -> np.ndarray:
         raise ValueError(f"unknown digits split {split!r}; valid splits: {SPLITS}")
     _, labels = _load_digits()
     perm = np.random.default_rng(_SPLIT_SEED).permutation(len(labels))
-    chosen = perm[:NUM_TEST] if split == "test" else perm[NUM_TEST:]
-    return np.sort(chosen)
+    # The first block was "test" until settings had been chosen by its scores: it became
+    # "val", and "test" took the next block out of the former training images.
+    bounds = {"val": (0, NUM_VAL), "test": (NUM_VAL, NUM_VAL + NUM_TEST)}
+    start, stop = bounds.get(split, (NUM_VAL + NUM_TEST, len(perm)))
+    return np.sort(perm[start:stop])
 
 
 def raw_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns the original 8x8 images of a split.
 
     Args:
-      split: "train" or "test".
+      split: one of SPLITS.
 
     Returns:
       (images float64 [N, 8, 8] in 0..16, labels int32 [N]).
@@ -106,7 +111,7 @@ class DigitsSource:
     Example `i` is {"image": uint8 [S, S, 3], "tokens": int32 [max_text_len], "label": int32 []}.
 
     Args:
-      split: "train" (1,500 images) or "test" (297 images).
+      split: "train" (1,203 images), "val" (297) or "test" (297).
       image_size: output side S in pixels (8 keeps the original resolution).
       max_text_len: token length of the captions, BOS and EOS included.
       seed: chooses the caption template of each example; does not change the split.
@@ -123,7 +128,7 @@ class DigitsSource:
         self.image_size = image_size
         self.max_text_len = max_text_len
         self.labels = labels[idx]
-        # Upsample once: 1,500 images at 64x64 are 6 MB, cheaper than PIL calls per step.
+        # Upsample once: 1,203 images at 64x64 are 6 MB, cheaper than PIL calls per step.
         self._gray = upsample(images[idx], image_size)
         self._template_ids = np.random.default_rng(seed).integers(
             len(CAPTION_TEMPLATES), size=len(idx)
@@ -159,7 +164,7 @@ def make_prompts(split: str = "test", n: int = 100, seed: int = 0) -> tuple[list
     a multiple of 10; captions are drawn from the templates.
 
     Args:
-      split: "train" or "test"; different splits give different caption choices.
+      split: one of SPLITS; different splits give different caption choices.
       n: number of prompts.
       seed: makes the choice deterministic.
 

@@ -8,9 +8,11 @@ which is what lets `jaxgen.evaluation.shapes_judge` score generated images again
 
 Examples are generated on demand and are deterministic per (seed, split, index): the random
 numbers of example i are a hash of that triple, so nothing is stored or downloaded and any
-example costs the same (~0.1 ms at 32x32, caption and tokens included). A "heldout" split
-contains colour-shape pairs (`HELDOUT_PAIRS`) that never appear in "train" or "test", to measure
-compositional generalisation.
+example costs the same (~0.1 ms at 32x32, caption and tokens included). Each split is its own
+random stream: "train"; "val" for tuning and checks during training; "test" for the numbers a
+run reports. The "heldout_val" and "heldout" splits contain colour-shape pairs
+(`HELDOUT_PAIRS`) that never appear in "train", "val" or "test", to measure compositional
+generalisation ("heldout_val" to tune on, "heldout" to report).
 
 Ground truth of one example (`ShapesSource.truth(i)`):
 
@@ -61,8 +63,12 @@ HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
 ALL_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)
 TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not in HELDOUT_PAIRS)
 
-SPLITS: dict[str, int] = {"train": 0, "test": 1, "heldout": 2}  # split name -> RNG stream id
-DEFAULT_LENGTHS: dict[str, int] = {"train": 100_000, "test": 2_000, "heldout": 2_000}
+# Split name -> RNG stream id. Streams 1 and 2 were "test" and "heldout" until settings had
+# been chosen by their scores; they became the splits to tune on, and the splits that report
+# drew new streams no setting has been chosen on.
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "heldout_val": 2, "test": 3, "heldout": 4}
+HELDOUT_SPLITS = ("heldout_val", "heldout")
+DEFAULT_LENGTHS: dict[str, int] = {"train": 100_000, **dict.fromkeys(list(SPLITS)[1:], 2_000)}
 
 _SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 _REL_WORDS = {
@@ -278,7 +284,7 @@ def sample_truth(
     """Samples the ground truth of one example (no rendering).
 
     Args:
-      split: "train", "test" or "heldout".
+      split: one of SPLITS.
       index: example index (any non-negative int).
       seed: dataset seed.
       image_size: canvas side S (boxes are in its pixels).
@@ -292,8 +298,9 @@ def sample_truth(
         raise ValueError(f"unknown split {split!r}; valid: {tuple(SPLITS)}")
     rng = _Draws(seed, SPLITS[split], index)
     num_objects = 1 + (rng.random() < 0.5)
-    pool = TRAIN_PAIRS if split != "heldout" else ALL_PAIRS
-    if split == "heldout":
+    heldout = split in HELDOUT_SPLITS
+    pool = ALL_PAIRS if heldout else TRAIN_PAIRS
+    if heldout:
         # Every heldout example contains at least one held-out pair, in a random slot.
         first = HELDOUT_PAIRS[rng.integers(len(HELDOUT_PAIRS))]
     else:
@@ -326,8 +333,8 @@ class ShapesSource:
     """Random-access source of `shapes` examples (grain-compatible).
 
     Args:
-      split: "train", "test" (same distribution, another RNG stream) or "heldout" (every
-        example contains a pair from HELDOUT_PAIRS).
+      split: "train"; "val" or "test" (the training distribution, other RNG streams);
+        "heldout_val" or "heldout" (every example contains a pair from HELDOUT_PAIRS).
       image_size: canvas side S (>= 16; 16, 32 and 64 are tested).
       seed: dataset seed; example i is a pure function of (seed, split, i).
       num_examples: length; defaults to DEFAULT_LENGTHS[split].
@@ -410,7 +417,7 @@ def make_prompts(
     """Evaluation prompts with their ground truths: the first n examples of a split.
 
     Args:
-      split: "train", "test" or "heldout".
+      split: one of SPLITS.
       n: number of prompts.
       seed: dataset seed.
       image_size: image size the ground-truth boxes refer to.
