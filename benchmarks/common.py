@@ -48,7 +48,8 @@ def shapes_workdir_cli(description: str, num: int, num_help: str):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--num", type=int, default=num, help=num_help)
-    parser.add_argument("--split", default="test", choices=("test", "heldout"))
+    # Analyses that steer the next change read the validation splits by default.
+    parser.add_argument("--split", default="val", choices=("val", "heldout_val", "test", "heldout"))
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

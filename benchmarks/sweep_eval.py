@@ -1,12 +1,14 @@
 """Evaluates a trained workdir at several values of one sampling setting, as a Markdown table.
 
     python benchmarks/sweep_eval.py runs/ddpm --key=sample.guidance_scale --values=1.5,3,5,8
-        [--set eval.num_samples=256 ...]
+        [--set eval.val_num_samples=256 ...]
 
-Each value reloads the workdir with that override (the same as ``--mode=eval --config.<key>=v``)
-plus the ``--set`` ones, held fixed for every value, and runs the pipeline's evaluators with the
-training loop's evaluation key, so the numbers are comparable to the run's own ``eval.json``.
-The workdir is not written to.
+A sweep chooses a setting, so it reads the validation splits (``eval.val_splits``, e.g. val
+and heldout_val), never the ones a run reports: each value reloads the workdir with that
+override plus the ``--set`` ones, held fixed for every value, and runs the evaluation the
+training loop runs during training (``evaluate(final=False)``), with its key. Each cell gives
+the value and its 95% interval; a gap inside the intervals is not a choice. The workdir is not
+written to.
 """
 
 import argparse
@@ -20,10 +22,13 @@ from common import parse_overrides  # noqa: E402
 
 from jaxgen import api  # noqa: E402
 from jaxgen import config as config_lib  # noqa: E402
+from jaxgen.evaluation.intervals import format_result  # noqa: E402
 from jaxgen.training import workdir as workdir_lib  # noqa: E402
 from jaxgen.training.checkpoint import NoCheckpointError  # noqa: E402
 
-DEFAULT_METRICS = "test/colour,test/shape,test/relation,test/frechet,heldout/colour,heldout/shape"
+DEFAULT_METRICS = (
+    "val/colour,val/shape,val/relation,val/frechet,heldout_val/colour,heldout_val/shape"
+)
 
 
 def parse_value(text: str, like):
@@ -55,17 +60,17 @@ def main() -> None:
     for value in values:
         t0 = time.perf_counter()
         model = api.load(args.workdir, overrides={**fixed, args.key: value})
-        results = model.evaluate()
+        results = model.evaluate(final=False)
         seconds = time.perf_counter() - t0
         rows.append((value, results, seconds))
-        shown = ", ".join(f"{k} {results[k]:.3f}" for k in keys if k in results)
+        shown = ", ".join(f"{k} {format_result(results, k)}" for k in keys if k in results)
         print(f"{args.key}={value}: {shown} ({seconds:.0f} s)", flush=True)
     keys = [k for k in keys if any(k in r for _, r, _ in rows)]
     print(f"\n{args.workdir} at step {model.step}\n")
     print(f"| {args.key} | " + " | ".join(keys) + " | eval s |")
     print("|---:|" + "---:|" * (len(keys) + 1))
     for value, results, seconds in rows:
-        cells = [f"{results[k]:.3f}" if k in results else "" for k in keys]
+        cells = [format_result(results, k) if k in results else "" for k in keys]
         print(f"| {value} | " + " | ".join(cells) + f" | {seconds:.0f} |")
 
 

@@ -7,6 +7,10 @@ Variants (``--config=experiments/clip.py:<arg>``, comma-separated):
                     the CLIP whose text tower DDPM conditions on (``experiments/ddpm.py``)
   parse             (shapes) the text tower also learns to parse each caption into its
                     content (``model.parse_weight``, ``shapes.PARSE_FIELDS``)
+  eval              the evaluation CLIP that scores every family's samples: another seed (so
+                    another initialisation and data order) and a fixed 600 steps, so it is the
+                    same run on every machine; other experiments train it once into a shared
+                    folder ("shared:clip:eval", jaxgen.training.pretrain)
   smoke             a tiny version of any of them that runs in under a minute on a CPU
 
 The text tower has the DDPM text encoder's shape (width 128, depth 2, 4 heads), so a trained
@@ -20,7 +24,9 @@ from jaxgen.config import base_config, make_smoke, split_variant
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    dataset, options = split_variant(arg, "clip.py", ("shapes", "digits"), ("joint", "parse"))
+    dataset, options = split_variant(
+        arg, "clip.py", ("shapes", "digits"), ("joint", "parse", "eval")
+    )
     smoke, joint, parse = "smoke" in options, "joint" in options, "parse" in options
     if parse and dataset != "shapes":
         raise ValueError(f"clip.py variant {arg!r}: 'parse' needs the shapes dataset.")
@@ -71,6 +77,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.update(dict(steps=600, max_minutes=5.0))
         config.eval.num_samples = 297  # the whole test split
         config.sample.gallery_size = 297
+
+    if "eval" in options:
+        config.seed = 1
+        config.train.update(dict(steps=600 if dataset == "shapes" else 400, max_minutes=0.0))
 
     if smoke:
         make_smoke(config, steps=12, batch_size=16, log_every=4)

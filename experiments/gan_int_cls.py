@@ -10,8 +10,9 @@ Variants (``--config=experiments/gan_int_cls.py:<arg>``, comma-separated):
 
 The default takes its text embedding from a CLIP run (frozen), which it first trains into
 ``<workdir>/pretrain/clip`` (about 10 minutes; once per workdir); to reuse a trained CLIP workdir
-pass ``--config.model.text_init=runs/clip --config.eval.clip_workdir=runs/clip``. The same CLIP
-run scores the samples (CLIP score, R-precision). The ``joint`` variant needs no CLIP.
+pass ``--config.model.text_init=runs/clip``. Another CLIP, which the GAN never sees in training,
+scores the samples (CLIP score, R-precision): ``experiments/clip.py:eval``, trained once per
+machine and shared by every family. The ``joint`` variant needs no CLIP of its own.
 """
 
 import ml_collections
@@ -66,7 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
 
     config.eval.every_minutes = 5.0
-    config.eval.clip_workdir = config.model.text_init
+    config.eval.clip_workdir = (
+        "shared:clip:digits,eval" if dataset == "digits" else "shared:clip:eval"
+    )
     config.eval.diversity_prompts = 8
     config.eval.diversity_samples = 16
 
@@ -77,5 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         make_smoke(config, steps=12, batch_size=8, log_every=4)
         config.model.update(dict(g_ch=8, d_ch=8, z_dim=16, text_dim=16, embed_dim=32))
         config.model.text.update(dict(width=32, depth=1, num_heads=2))
-        config.eval.update(dict(num_samples=16, diversity_prompts=2, diversity_samples=4))
+        config.eval.update(
+            dict(num_samples=16, diversity_prompts=2, diversity_samples=4, clip_workdir="")
+        )
     return config

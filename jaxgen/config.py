@@ -72,8 +72,9 @@ def base_config(pipeline: str, dataset: str) -> ml_collections.ConfigDict:
 
     Args:
       pipeline: the family's registry name (``config.pipeline``).
-      dataset: ``config.data.name``; ``shapes`` is judged on its ``test`` and ``heldout``
-        splits, every other dataset on ``test``.
+      dataset: ``config.data.name``; ``shapes`` reports its ``test`` and ``heldout`` splits
+        (and checks ``val`` and ``heldout_val`` during training), every other dataset ``test``
+        (and ``val``).
     """
     config = ml_collections.ConfigDict()
     config.pipeline = pipeline
@@ -121,20 +122,29 @@ def base_config(pipeline: str, dataset: str) -> ml_collections.ConfigDict:
             num=36,
             every_steps=500,
             # Candidates per prompt re-ranked by CLIP (Pipeline.rerank, as DALL-E re-ranks its
-            # samples): the one whose embedding under the CLIP run at rerank_clip (or, when
-            # empty, eval.clip_workdir) is nearest the prompt's is kept; 1 = off.
+            # samples): the one whose embedding under the CLIP run at rerank_clip is nearest
+            # the prompt's is kept; 1 = off. The final evaluation judges both single samples
+            # and the re-ranked ones.
             rerank=1,
             rerank_clip="",
         )
     )
+    heldout = dataset == "shapes"
     config.eval = ml_collections.ConfigDict(
         dict(
-            splits=("test", "heldout") if dataset == "shapes" else ("test",),
+            # The final evaluation (and --mode=eval) reports these splits, num_samples prompts
+            # each (at least 256, so each score's 95% interval is a few points wide) ...
+            splits=("test", "heldout") if heldout else ("test",),
             num_samples=256,
+            # ... and the evaluations during training, which tuning reads, the validation
+            # splits (0: num_samples prompts).
+            val_splits=("val", "heldout_val") if heldout else ("val",),
+            val_num_samples=0,
             every_minutes=0.0,  # evaluations during training, by training time ...
             every_steps=0,  # ... or by step; 0: only the final one
-            # A trained CLIP workdir (or "pretrain:<name>") that adds CLIP score and R-precision
-            # of the samples; "": none.
+            # The evaluation CLIP (a workdir, "pretrain:<name>" or "shared:<experiment>") that
+            # adds CLIP score and R-precision of the samples; "": none. It must be a run
+            # nothing else in the experiment trains against or selects with.
             clip_workdir="",
         )
     )

@@ -137,8 +137,15 @@ def run(argv) -> None:
             print(f"  [{i}] {p}")
     else:
         results = model.evaluate()
-        workdir_lib.write_eval(workdir, results, model.step)
-        print(f"Evaluation at step {model.step} ({workdir / workdir_lib.EVAL_FILE}): {results}")
+        record = workdir_lib.write_eval(
+            workdir,
+            results,
+            model.step,
+            batch_size=model.config.train.batch_size,
+            train_minutes=model.train_minutes,
+        )
+        print(f"Evaluation ({workdir / workdir_lib.EVAL_FILE}):")
+        print(workdir_lib.format_eval(record))
 
 
 def main(argv) -> None:

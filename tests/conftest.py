@@ -15,6 +15,11 @@ os.environ["XLA_FLAGS"] = helpers.TEST_XLA_FLAGS
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxgen-xla-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Shared runs ("shared:<experiment>", e.g. the evaluation CLIP) go to a session folder, never
+# the user's cache.
+if "JAXGEN_SHARED_DIR" not in os.environ:
+    os.environ["JAXGEN_SHARED_DIR"] = tempfile.mkdtemp(prefix="jaxgen-shared-")
+    atexit.register(shutil.rmtree, os.environ["JAXGEN_SHARED_DIR"], ignore_errors=True)
 
 
 import pytest  # noqa: E402

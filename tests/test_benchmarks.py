@@ -92,20 +92,26 @@ def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
     proc = run_benchmark("quality_curve.py", str(trained_workdir), "--metrics=test/colour")
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = [json.loads(line) for line in (trained_workdir / "eval_history.jsonl").open()]
-    history = list({r["step"]: r for r in history}.values())  # one row per evaluated step
+    # One row per evaluation (a step evaluated again, final or not, counts once).
+    history = list({(r["step"], r.get("final", True)): r for r in history}.values())
     rows = table_rows(proc.stdout)
-    # The header, then one row per evaluation of the run with its step and colour accuracy.
+    # The header, then one row per evaluation of the run with its step, images seen and colour
+    # accuracy with its interval.
     assert len(rows) == 1 + len(history), proc.stdout
-    last = rows[-1]
-    assert str(history[-1]["step"]) in last and f"{history[-1]['test/colour']:.3f}" in last
+    last, final = rows[-1], history[-1]
+    assert str(final["step"]) in last and f"{final['images_seen']}" in last, proc.stdout
+    colour = "{:.3f} [{:.3f}, {:.3f}]".format(
+        final["test/colour"], final["test/colour_lo"], final["test/colour_hi"]
+    )
+    assert colour in last, proc.stdout
 
     proc = run_benchmark(
         "sweep_eval.py",
         str(trained_workdir),
         "--key=sample.guidance_scale",
         "--values=1,2",
-        "--set=eval.num_samples=3",
-        "--metrics=test/num_images,test/colour",
+        "--set=eval.val_num_samples=3",
+        "--metrics=val/num_images,val/colour",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = table_rows(proc.stdout)[1:]

@@ -16,7 +16,7 @@ from jaxgen.data import shapes
 from jaxgen.data.tokenizer import encode
 from jaxgen.evaluation import clip_metrics
 from jaxgen.models.clip import CLIP, ImageEncoder
-from jaxgen.pipelines.base import Pipeline
+from jaxgen.pipelines.base import EvalPlan, Pipeline
 from jaxgen.pipelines.clip import contrastive_loss
 
 
@@ -126,25 +126,28 @@ def test_rerank_keeps_the_candidate_nearest_each_prompt(monkeypatch):
 
     loaded = []
     config = ml_collections.ConfigDict(
-        {"sample": {"rerank": 3, "rerank_clip": ""}, "eval": {"clip_workdir": "runs/clip"}}
+        {
+            "sample": {"rerank": 3, "rerank_clip": "runs/clip"},
+            "eval": {"clip_workdir": "runs/judge"},
+        }
     )
     pipeline = _CountingPipeline(config)
     monkeypatch.setattr(pipeline, "load_run", lambda path: loaded.append(path) or Embedder())
     out = pipeline.rerank(None, ["p0", "p1"], jax.random.key(0), num_steps=7)
     np.testing.assert_array_equal(out[:, 0, 0, 0], [4, 3])
     assert out.shape == (2, 2, 2, 3) and out.dtype == np.uint8
-    # One generate call for all candidates, the options passed on; eval's CLIP by default.
+    # One generate call for all candidates, the options passed on; rerank_clip's CLIP, never
+    # the evaluation's.
     assert pipeline.calls == [(["p0", "p1"] * 3, {"num_steps": 7})] and loaded == ["runs/clip"]
-    config.sample.rerank_clip = "runs/other"
-    pipeline.rerank(None, ["p0", "p1"], jax.random.key(0))
-    assert loaded[-1] == "runs/other"
     # One candidate is generate alone (no CLIP needed); the argument beats the config.
-    config.sample.rerank_clip, config.eval.clip_workdir = "", ""
+    config.sample.rerank_clip = ""
     np.testing.assert_array_equal(
         pipeline.rerank(None, ["p0", "p1"], jax.random.key(0), candidates=1)[:, 0, 0, 0], [0, 1]
     )
+    # No re-ranking CLIP: an error, not a silent fall-back to the evaluation CLIP.
     with pytest.raises(ValueError, match="needs a trained CLIP"):
         pipeline.rerank(None, ["p0"], jax.random.key(0))
+    assert loaded == ["runs/clip"]
     with pytest.raises(ValueError, match="at least 1 candidate"):
         pipeline.rerank(None, ["p0"], jax.random.key(0), candidates=0)
 
@@ -430,15 +433,17 @@ def test_ddpm_takes_a_frozen_clip_text_encoder(clip_workdir, tmp_path):
         "--config.model.text.causal=False",  # clip.py:smoke's attention
         "--config.model.freeze_text=True",
         "--config.train.steps=4",
-        f"--config.eval.clip_workdir={clip_workdir}",
-        "--config.sample.rerank=2",  # the evaluation re-ranks with that CLIP
+        f"--config.sample.rerank_clip={clip_workdir}",
+        "--config.sample.rerank=2",  # the final evaluation also judges the best of 2
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained = jaxgen.load(workdir).state.params["unet"]["text_encoder"]
     clip_text = text_encoder_params(jaxgen.load(clip_workdir))
     chex.assert_trees_all_close(trained, clip_text, rtol=0, atol=0)
     results = json.loads((workdir / "eval.json").read_text())
-    assert 0.0 <= results["test/r_precision"] <= 1.0 and results["test/clip_score"] >= 0.0
+    # No evaluation CLIP in the smoke config: the re-ranking CLIP does not score.
+    assert "test/r_precision" not in results and "test/best_of_2/r_precision" not in results
+    assert {"test/colour", "test/best_of_2/colour"} <= set(results)
 
 
 def test_ddpm_rejects_a_clip_text_encoder_of_another_shape(clip_workdir, tmp_path):
@@ -471,7 +476,7 @@ def test_clip_config_variants_pick_the_image_colour_mode():
     assert load_experiment("experiments/clip.py:digits").model.image_colour == "joint"
     # DDPM conditions on the joint-tower CLIP's text encoder (docs/results/ddpm.md: better colours).
     assert load_experiment("experiments/ddpm.py").pretrain.clip == "clip:joint,parse"
-    with pytest.raises(ValueError, match="any of joint, parse, smoke"):
+    with pytest.raises(ValueError, match="any of joint, parse, eval, smoke"):
         load_experiment("experiments/clip.py:colour")
 
 
@@ -576,8 +581,8 @@ def test_clip_step_adds_the_weighted_parse_loss():
     np.testing.assert_allclose(metrics["loss"], contrastive + 0.5 * ce, rtol=1e-4)
     assert 0.0 <= metrics["batch_parse_accuracy"] <= 1.0
     # The evaluation's parse accuracy: captions whose every field's argmax is the label.
-    config.eval.splits, config.eval.num_samples, config.eval.batch_size = ("test",), 16, 16
-    results = build_pipeline(config).evaluate_embeddings(state)
+    config.eval.batch_size = 16
+    results = build_pipeline(config).evaluate_embeddings(state, plan=EvalPlan(("test",), 16, True))
     captions, truths, _ = pipeline.judge.prompts("test", int(config.eval.num_samples), seed=0)
     tokens = jnp.asarray(np.stack([encode(c, 64) for c in captions]))
     parse_text = jax.jit(

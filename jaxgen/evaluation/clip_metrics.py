@@ -71,29 +71,40 @@ def best_candidates(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
     return np.argmax(np.sum(image_emb * text_emb[None], axis=-1), axis=0)
 
 
-def clip_score(image_emb: np.ndarray, text_emb: np.ndarray) -> float:
-    """Mean over pairs of ``100 * max(cos(image_i, text_i), 0)`` (the torchmetrics definition)."""
+def clip_scores(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+    """Per pair, ``100 * max(cos(image_i, text_i), 0)`` (the torchmetrics definition)."""
     cos = np.sum(np.asarray(image_emb) * np.asarray(text_emb), axis=-1)
-    return float(np.mean(100.0 * np.maximum(cos, 0.0)))
+    return 100.0 * np.maximum(cos, 0.0)
 
 
-def r_precision(
+def clip_score(image_emb: np.ndarray, text_emb: np.ndarray) -> float:
+    """The mean of ``clip_scores`` over pairs."""
+    return float(np.mean(clip_scores(image_emb, text_emb)))
+
+
+def r_precision_hits(
     image_emb: np.ndarray, true_text_emb: np.ndarray, distractor_emb: np.ndarray
-) -> float:
-    """Fraction of images whose true caption outranks every distractor caption.
+) -> np.ndarray:
+    """Per image, whether its true caption outranks every distractor caption (bool ``[N]``).
 
     Args:
       image_emb: ``[N, D]``.
       true_text_emb: ``[N, D]``, image i's own caption.
       distractor_emb: ``[N, R, D]``, R captions of other contents per image (R = 99 by default).
 
-    Returns:
-      R-precision with R = 1: the true caption must rank first (a tie counts as a miss).
+    A tie counts as a miss.
     """
     image_emb = np.asarray(image_emb)
     true = np.sum(image_emb * np.asarray(true_text_emb), axis=-1)
     other = np.einsum("nd,nrd->nr", image_emb, np.asarray(distractor_emb))
-    return float(np.mean(true > other.max(axis=1)))
+    return true > other.max(axis=1)
+
+
+def r_precision(
+    image_emb: np.ndarray, true_text_emb: np.ndarray, distractor_emb: np.ndarray
+) -> float:
+    """R-precision with R = 1: the fraction of ``r_precision_hits``."""
+    return float(np.mean(r_precision_hits(image_emb, true_text_emb, distractor_emb)))
 
 
 def distractor_indices(
@@ -179,13 +190,16 @@ def generated_image_metrics(
       seed: which distractors are drawn.
 
     Returns:
-      ``{"clip_score": ..., "r_precision": ...}``.
+      ``{"clip_score": ..., "r_precision": ...}`` with their 95% intervals
+      (``jaxgen.evaluation.intervals``).
     """
+    from jaxgen.evaluation import intervals
+
     img = np.asarray(embedder.embed_images(images))
     txt = np.asarray(embedder.embed_texts(list(captions)))
     pool = np.asarray(embedder.embed_texts(list(pool_captions)))
     idx = distractor_indices(keys, pool_keys, num_distractors, seed)
     return {
-        "clip_score": clip_score(img, txt),
-        "r_precision": r_precision(img, txt, pool[idx]),
+        **intervals.mean("clip_score", clip_scores(img, txt)),
+        **intervals.proportion("r_precision", r_precision_hits(img, txt, pool[idx])),
     }

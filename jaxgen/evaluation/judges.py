@@ -1,15 +1,17 @@
 """Dataset judges behind one interface, and the generic text-to-image evaluator.
 
 A judge knows the ground truth of its dataset's captions: it supplies evaluation prompts (with
-their truths and the real images they came from), scores generated images against the truths,
-and embeds images in a feature space for a Frechet distance. Every text-to-image pipeline
-evaluates through ``evaluate_generator``.
+their truths and the real images they came from), scores generated images against the truths
+(per item, so that every accuracy carries its 95% interval), and embeds images in a feature
+space for a Frechet distance. Every text-to-image pipeline evaluates through
+``evaluate_generator``.
 """
 
 from collections.abc import Callable
 
 import numpy as np
 
+from jaxgen.evaluation import intervals
 from jaxgen.evaluation.frechet import frechet_distance
 
 
@@ -41,9 +43,17 @@ class Judge:
         )
         return [e["caption"] for e in examples], examples, images
 
-    def score(self, images: np.ndarray, truths: list) -> dict[str, float]:
+    def outcomes(self, images: np.ndarray, truths: list) -> dict[str, np.ndarray]:
+        """Per named accuracy, the 0/1 outcome of each item it counts; none without truth."""
         del images, truths
         return {}
+
+    def score(self, images: np.ndarray, truths: list) -> dict[str, float]:
+        """Each accuracy of ``outcomes`` with its 95% interval, and ``num_images``."""
+        found = self.outcomes(images, truths)
+        if not found:
+            return {}
+        return {**intervals.summarize(found), "num_images": float(len(images))}
 
     def content_key(self, truth: dict):
         """What the caption pins down (hashable); examples with equal keys match each other's
@@ -66,10 +76,18 @@ class ShapesJudge(Judge):
 
     has_truth = True
 
-    def score(self, images, truths):
+    def outcomes(self, images, truths):
         from jaxgen.evaluation import shapes_judge
 
-        return shapes_judge.judge_batch(images, truths)
+        return shapes_judge.judge_outcomes(images, truths)
+
+    def score(self, images, truths):
+        found = self.outcomes(images, truths)
+        return {
+            **intervals.summarize(found),
+            "num_images": float(len(images)),
+            "num_relations": float(len(found["relation"])),
+        }
 
     def features(self, images):
         from jaxgen.evaluation import shapes_judge
@@ -98,9 +116,12 @@ class DigitsClassifierJudge(Judge):
 
         self.classifier = Classifier()
 
-    def score(self, images, truths):
+    def outcomes(self, images, truths):
         labels = np.asarray([t["label"] for t in truths])
-        return {"accuracy": float(self.classifier.accuracy(images, labels))}
+        predicted = self.classifier.predict(images)
+        if len(predicted) != len(labels):
+            raise ValueError(f"{len(predicted)} images but {len(labels)} truths")
+        return {"accuracy": predicted == labels}
 
     def features(self, images):
         return self.classifier.features(images)
@@ -131,17 +152,20 @@ def evaluate_generator(
     state,
     rng,
     *,
-    splits: tuple[str, ...] = ("test",),
-    num_samples: int = 256,
+    splits: tuple[str, ...],
+    num_samples: int,
     seed: int = 0,
     generate_options: dict | None = None,
     embedder=None,
+    rerank: Callable | None = None,
+    candidates: int = 1,
     num_distractors: int = 99,
 ) -> dict[str, float]:
-    """Generates images for each split's prompts and judges them.
+    """Generates images for each split's prompts and judges them, every score with its 95%
+    interval (``<key>_lo``, ``<key>_hi``; ``jaxgen.evaluation.intervals``).
 
     Args:
-      generate: ``generate(state, prompts, rng) -> uint8 [N, H, W, 3]``.
+      generate: ``generate(state, prompts, rng) -> uint8 [N, H, W, 3]``, one sample per prompt.
       judge: the dataset's judge.
       state: the pipeline state to evaluate.
       rng: PRNG key for sampling.
@@ -149,40 +173,56 @@ def evaluate_generator(
       num_samples: prompts per split.
       seed: which prompts are drawn (fixed so evaluations over training are comparable).
       generate_options: keyword arguments for ``generate`` (e.g. fewer sampler steps).
-      embedder: a trained CLIP (``Pipeline.load_embedder``) for CLIP score and R-precision;
-        None skips them.
+      embedder: the evaluation CLIP (``Pipeline.load_embedder``) for CLIP score and
+        R-precision; None skips them. It must not be the CLIP that ``rerank`` selects with.
+      rerank: ``rerank(state, prompts, rng, candidates=k) -> images``, the best of k samples
+        per prompt; with ``candidates > 1`` its samples are judged too, under
+        ``<split>/best_of_<k>/<metric>``.
+      candidates: k for ``rerank``; 1: single samples only.
       num_distractors: captions of other contents each image's caption is ranked against.
 
     Returns:
-      ``{"<split>/<metric>": value, "<split>/frechet": value}``, plus ``"<split>/clip_score"``
-      and ``"<split>/r_precision"`` with an embedder.
+      ``{"<split>/<metric>": value, "<split>/frechet": value, ...}`` with intervals, plus
+      ``"<split>/clip_score"`` and ``"<split>/r_precision"`` with an embedder.
     """
     import jax
 
+    options = generate_options or {}
     results = {}
     for i, split in enumerate(splits):
         captions, truths, real = judge.prompts(split, num_samples, seed=seed)
-        images = np.asarray(
-            generate(state, captions, jax.random.fold_in(rng, i), **(generate_options or {}))
-        )
-        for k, v in judge.score(images, truths).items():
-            results[f"{split}/{k}"] = float(v)
-        fake_feats = judge.features(images)
-        if fake_feats is not None:
-            results[f"{split}/frechet"] = float(frechet_distance(fake_feats, judge.features(real)))
+        real_feats = judge.features(real)
+        pool = None
         if embedder is not None:
-            from jaxgen.evaluation import clip_metrics
+            pool = judge.prompts(split, max(4 * num_samples, 256), seed=seed + 1)[:2]
+        key = jax.random.fold_in(rng, i)
+        samplers = [("", generate, {})]
+        if candidates > 1:
+            if rerank is None:
+                raise ValueError("candidates > 1 needs a rerank function.")
+            samplers.append((f"best_of_{candidates}/", rerank, {"candidates": candidates}))
+        for tag, sample, extra in samplers:
+            images = np.asarray(sample(state, captions, key, **extra, **options))
+            found = judge.score(images, truths)
+            fake_feats = judge.features(images)
+            if fake_feats is not None:
+                found.update(
+                    intervals.bootstrap("frechet", frechet_distance, fake_feats, real_feats)
+                )
+            if embedder is not None:
+                from jaxgen.evaluation import clip_metrics
 
-            pool, pool_truths, _ = judge.prompts(split, max(4 * num_samples, 256), seed=seed + 1)
-            found = clip_metrics.generated_image_metrics(
-                embedder,
-                images,
-                captions,
-                [judge.content_key(t) for t in truths],
-                pool,
-                [judge.content_key(t) for t in pool_truths],
-                num_distractors=num_distractors,
-                seed=seed,
-            )
-            results.update({f"{split}/{k}": v for k, v in found.items()})
+                found.update(
+                    clip_metrics.generated_image_metrics(
+                        embedder,
+                        images,
+                        captions,
+                        [judge.content_key(t) for t in truths],
+                        pool[0],
+                        [judge.content_key(t) for t in pool[1]],
+                        num_distractors=num_distractors,
+                        seed=seed,
+                    )
+                )
+            results.update({f"{split}/{tag}{k}": float(v) for k, v in found.items()})
     return results

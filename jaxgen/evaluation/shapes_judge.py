@@ -191,8 +191,8 @@ def judge_one(detected: list[dict], truth: dict) -> dict:
     }
 
 
-def judge_batch(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> dict:
-    """Scores generated images against their prompts' ground truths.
+def judge_outcomes(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> dict:
+    """Per-item outcomes of generated images against their prompts' ground truths.
 
     Args:
       images: [N, S, S, 3], uint8 in [0, 255] or float in [-1, 1].
@@ -200,11 +200,10 @@ def judge_batch(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> 
       dark_threshold: see `classify_pixels`.
 
     Returns:
-      Accuracies in [0, 1]: "colour", "shape", "size" (over all truth objects: the colour is
+      bool arrays: "colour", "shape", "size" (one entry per truth object: the colour is
       present; the object of that colour has the right shape / size), "count" (per image: as
-      many objects detected as the truth has), "relation" (over two-object truths only; NaN if
-      there are none), "all" (per image: every attribute above right); plus "num_images" and
-      "num_relations".
+      many objects detected as the truth has), "relation" (per two-object truth), "all" (per
+      image: every attribute above right).
     """
     images = np.asarray(images)
     if len(images) != len(truths):
@@ -212,21 +211,26 @@ def judge_batch(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> 
     results = [
         judge_one(d, t) for d, t in zip(detect_objects(images, dark_threshold), truths, strict=True)
     ]
-    relations = [r["relation"] for r in results if r["relation"] is not None]
-
-    def mean(values):
-        return float(np.mean(values)) if len(values) else float("nan")
-
+    per_object = {k: np.array([v for r in results for v in r[k]], bool) for k in OBJECT_FIELDS}
     return {
-        "colour": mean([v for r in results for v in r["colour"]]),
-        "shape": mean([v for r in results for v in r["shape"]]),
-        "size": mean([v for r in results for v in r["size"]]),
-        "count": mean([r["count"] for r in results]),
-        "relation": mean(relations),
-        "all": mean([r["all"] for r in results]),
-        "num_images": len(results),
-        "num_relations": len(relations),
+        **per_object,
+        "count": np.array([r["count"] for r in results], bool),
+        "relation": np.array([r["relation"] for r in results if r["relation"] is not None], bool),
+        "all": np.array([r["all"] for r in results], bool),
     }
+
+
+OBJECT_FIELDS = ("colour", "shape", "size")
+
+
+def judge_batch(images, truths: Sequence[dict], dark_threshold: float = 0.4) -> dict:
+    """The means of `judge_outcomes`: accuracies in [0, 1] ("relation" is NaN without
+    two-object truths), plus "num_images" and "num_relations"."""
+    outcomes = judge_outcomes(images, truths, dark_threshold)
+    out = {k: float(v.mean()) if v.size else float("nan") for k, v in outcomes.items()}
+    out["num_images"] = len(outcomes["count"])
+    out["num_relations"] = len(outcomes["relation"])
+    return out
 
 
 def drawn_relation(subject: dict, other: dict) -> str | None:

@@ -40,6 +40,7 @@ import optax
 from absl import logging
 
 from jaxgen.data.pixels import to_model_space, to_uint8
+from jaxgen.evaluation import intervals
 from jaxgen.evaluation.frechet import frechet_distance
 from jaxgen.models import bottlenecks as bn
 from jaxgen.models.autoencoder import (
@@ -557,10 +558,10 @@ class AutoencoderPipeline(Pipeline):
         return Tokenizer(params={k: v for k, v in state.params.items() if k in keep}, pipeline=self)
 
     def sample_images(self, state, prompts, rng) -> np.ndarray:
-        """The training grid: real test images next to their reconstructions (pairs), and for
-        the VAE, prior samples after them."""
+        """The training grid: real validation images next to their reconstructions (pairs),
+        and for the VAE, prior samples after them."""
         n = max(len(prompts) // 2, 1)
-        real = self.judge.prompts("test", n, seed=1)[2]
+        real = self.judge.prompts("val", n, seed=1)[2]
         pairs = np.stack([real, self.reconstruct(state, real)], axis=1).reshape(
             2 * n, *real.shape[1:]
         )
@@ -569,22 +570,27 @@ class AutoencoderPipeline(Pipeline):
         return np.concatenate([pairs, self.generate(state, [""] * len(prompts), rng)])
 
     # -- evaluation -------------------------------------------------------------------------
-    def reconstruction_metrics(self, state, rng) -> dict[str, float]:
-        """Per split: PSNR, the judge's accuracies on reconstructions, Frechet distance of the
-        reconstructions, codebook usage and perplexity (discrete), bits/dim (VAE)."""
-        ec = self.config.eval
+    def reconstruction_metrics(self, state, rng, *, plan) -> dict[str, float]:
+        """Per split of ``plan``: PSNR, the judge's accuracies on reconstructions, Frechet
+        distance of the reconstructions, codebook usage and perplexity (discrete), bits/dim
+        (VAE); the VAE's prior samples against the first split's images."""
         out = {}
-        for split in ec.splits:
-            _, truths, real = self.judge.prompts(split, int(ec.num_samples), seed=0)
+        for split in plan.splits:
+            _, truths, real = self.judge.prompts(split, plan.num_samples, seed=0)
             recon = self.reconstruct(state, real)
             x, y = to_model_space(jnp.asarray(real)), to_model_space(jnp.asarray(recon))
-            out[f"{split}/psnr"] = float(jnp.mean(psnr(y, x)))
+            found = intervals.mean("psnr", np.asarray(psnr(y, x)))
             if self.judge.has_truth:
-                for k, v in self.judge.score(recon, truths).items():
-                    out[f"{split}/rec_{k}"] = v
-                out[f"{split}/rec_frechet"] = frechet_distance(
-                    self.judge.features(recon), self.judge.features(real)
+                found.update({f"rec_{k}": v for k, v in self.judge.score(recon, truths).items()})
+                found.update(
+                    intervals.bootstrap(
+                        "rec_frechet",
+                        frechet_distance,
+                        self.judge.features(recon),
+                        self.judge.features(real),
+                    )
                 )
+            out.update({f"{split}/{k}": v for k, v in found.items()})
             if self.discrete:
                 tokens = np.concatenate(
                     [
@@ -598,10 +604,15 @@ class AutoencoderPipeline(Pipeline):
             if self.kind == "vae":
                 out[f"{split}/bits_per_dim"] = self.bits_per_dim(state, real, rng)
         if self.kind == "vae" and self.judge.has_truth:
-            _, _, real = self.judge.prompts("test", int(ec.num_samples), seed=0)
+            _, _, real = self.judge.prompts(plan.splits[0], plan.num_samples, seed=0)
             samples = self.generate(state, [""] * len(real), rng)
-            out["prior/frechet"] = frechet_distance(
-                self.judge.features(samples), self.judge.features(real)
+            out.update(
+                intervals.bootstrap(
+                    "prior/frechet",
+                    frechet_distance,
+                    self.judge.features(samples),
+                    self.judge.features(real),
+                )
             )
         return out
 
@@ -627,8 +638,8 @@ class AutoencoderPipeline(Pipeline):
         nats = self._neg_elbo(state.params, jnp.asarray(images), rng)
         return float(jnp.mean(nats) / (self._dims * math.log(2.0)))
 
-    def evaluators(self):
-        return [self.reconstruction_metrics]
+    def evaluators(self, plan):
+        return [functools.partial(self.reconstruction_metrics, plan=plan)]
 
 
 def _d_overrides(gan_config) -> dict:

@@ -5,6 +5,7 @@ module and a line in the registry, never a change to the loop.
 """
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,6 +14,41 @@ import numpy as np
 
 # An evaluator maps (state, rng) to named scalar results. ``name`` prefixes its keys.
 Evaluator = Callable[[Any, jax.Array], dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+    """What one evaluation judges. The final one (end of training, ``--mode=eval``) reads the
+    splits a run reports (``config.eval.splits``, e.g. test and heldout) on
+    ``eval.num_samples`` prompts each; the ones during training, which runs and sweeps are
+    steered by, read the validation splits (``eval.val_splits``) on ``eval.val_num_samples``.
+    """
+
+    splits: tuple[str, ...]
+    num_samples: int
+    final: bool
+
+    @classmethod
+    def from_config(cls, eval_config, final: bool = True) -> "EvalPlan":
+        if final:
+            return cls(tuple(eval_config.splits), int(eval_config.num_samples), True)
+        num = int(eval_config.get("val_num_samples", 0) or eval_config.num_samples)
+        return cls(tuple(eval_config.get("val_splits", ("val",))), num, False)
+
+
+def check_independent_scorer(config) -> None:
+    """Raises ValueError when the evaluation CLIP (``eval.clip_workdir``) is the CLIP that
+    re-ranks the samples (``sample.rerank_clip`` with ``sample.rerank`` above 1): the scorer
+    would pick the samples it scores."""
+    sample, evaluation = config.get("sample") or {}, config.get("eval") or {}
+    judge_clip = str(evaluation.get("clip_workdir", "") or "")
+    rank_clip = str(sample.get("rerank_clip", "") or "")
+    if int(sample.get("rerank", 1)) > 1 and judge_clip and judge_clip == rank_clip:
+        raise ValueError(
+            f"eval.clip_workdir and sample.rerank_clip are the same CLIP ({judge_clip}): the "
+            "evaluation would score samples its own scorer picked. Give the evaluation another "
+            "CLIP run (e.g. shared:clip:eval)."
+        )
 
 
 class Pipeline(abc.ABC):
@@ -29,6 +65,7 @@ class Pipeline(abc.ABC):
     def __init__(self, config, load_run: Callable[[str], Any] | None = None):
         self.config = config
         self._load_run = load_run
+        check_independent_scorer(config)
 
     def load_run(self, workdir: str):
         """Another trained run this one builds on (a CLIP, a tokenizer): an object with its
@@ -65,9 +102,8 @@ class Pipeline(abc.ABC):
     ) -> np.ndarray:
         """``generate``, re-ranked by CLIP as DALL-E re-ranks its samples: draws ``candidates``
         images per prompt (default ``config.sample.rerank``; 1 = ``generate`` alone) and keeps
-        the one whose embedding under the CLIP run at ``config.sample.rerank_clip`` (or, when
-        that is empty, ``config.eval.clip_workdir``) is nearest the prompt's. Costs
-        ``candidates`` times the sampling; ``options`` go to ``generate``.
+        the one whose embedding under the CLIP run at ``config.sample.rerank_clip`` is nearest
+        the prompt's. Costs ``candidates`` times the sampling; ``options`` go to ``generate``.
         Returns uint8 ``[len(prompts), H, W, 3]``."""
         sample = self.config.get("sample", {})
         k = int(sample.get("rerank", 1) if candidates is None else candidates)
@@ -78,11 +114,10 @@ class Pipeline(abc.ABC):
         from jaxgen.evaluation import clip_metrics
 
         path = str(sample.get("rerank_clip", "") or "")
-        path = path or str(self.config.get("eval", {}).get("clip_workdir", "") or "")
         if not path:
             raise ValueError(
                 f"Re-ranking {k} candidates per prompt needs a trained CLIP: set "
-                "--config.sample.rerank_clip (or eval.clip_workdir) to a CLIP workdir."
+                "--config.sample.rerank_clip to a CLIP workdir."
             )
         embedder = self.load_embedder(path)
         prompts = list(prompts)
@@ -103,13 +138,16 @@ class Pipeline(abc.ABC):
         autoencoders show reconstructions next to their inputs instead)."""
         return self.generate(state, prompts, rng)
 
-    def evaluators(self) -> list[Evaluator]:
-        """Judges run during training and by ``--mode=eval``; empty by default."""
+    def evaluators(self, plan: EvalPlan) -> list[Evaluator]:
+        """Judges run during training (on ``plan``'s validation splits) and at its end or by
+        ``--mode=eval`` (on the splits a run reports); empty by default."""
+        del plan
         return []
 
     def default_prompts(self, n: int) -> list[str]:
-        """Prompts used for sample grids when the user gives none: captions of the test split."""
-        return self.judge.prompts("test", n, seed=1)[0]
+        """Prompts used for sample grids when the user gives none: captions of the validation
+        split (what a run shows while it trains is never the split it reports)."""
+        return self.judge.prompts("val", n, seed=1)[0]
 
     # -- shared by the text-to-image families -------------------------------------------------
     @property
@@ -123,9 +161,31 @@ class Pipeline(abc.ABC):
 
     @property
     def clip_embedder(self):
-        """The trained CLIP at ``config.eval.clip_workdir`` (loaded once per path), or None."""
+        """The evaluation CLIP at ``config.eval.clip_workdir`` (loaded once per path), or None."""
         path = str(self.config.get("eval", {}).get("clip_workdir", "") or "")
         return self.load_embedder(path) if path else None
+
+    def sampled_evaluator(self, plan: EvalPlan, **generate_options) -> Evaluator:
+        """``judges.evaluate_generator`` over ``generate``, and on the final plan also over
+        ``rerank`` with ``config.sample.rerank`` candidates when that is above 1. CLIP score
+        and R-precision come from the evaluation CLIP (``eval.clip_workdir``), which must not
+        be the CLIP that picks the re-ranked samples."""
+        import functools
+
+        from jaxgen.evaluation import judges
+
+        candidates = int(self.config.sample.get("rerank", 1)) if plan.final else 1
+        return functools.partial(
+            judges.evaluate_generator,
+            self.generate,
+            self.judge,
+            splits=plan.splits,
+            num_samples=plan.num_samples,
+            generate_options=generate_options,
+            embedder=self.clip_embedder,
+            rerank=self.rerank,
+            candidates=candidates,
+        )
 
     def load_embedder(self, workdir: str):
         """The trained run at ``workdir`` as an embedder (``embed_texts``, ``embed_images``,

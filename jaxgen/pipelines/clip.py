@@ -195,10 +195,10 @@ class CLIPPipeline(Pipeline):
 
     # -- generation (retrieval) -----------------------------------------------------------
     def gallery(self) -> np.ndarray:
-        """The real test images ``generate`` retrieves from (``sample.gallery_size`` of them)."""
+        """The real validation images ``generate`` retrieves from (``sample.gallery_size``)."""
         if self._gallery is None:
             n = int(self.config.sample.get("gallery_size", 512))
-            self._gallery = self.judge.prompts("test", n, seed=2)[2]
+            self._gallery = self.judge.prompts("val", n, seed=2)[2]
         return self._gallery
 
     def generate(self, state, prompts, rng, **options):
@@ -213,13 +213,13 @@ class CLIPPipeline(Pipeline):
         return gallery[np.argmax(sim, axis=1)]
 
     # -- evaluation -----------------------------------------------------------------------
-    def evaluate_embeddings(self, state, rng=None) -> dict[str, float]:
-        """Retrieval recall@1/@5 both ways and zero-shot accuracy per attribute, per split."""
+    def evaluate_embeddings(self, state, rng=None, *, plan) -> dict[str, float]:
+        """Retrieval recall@1/@5 both ways and zero-shot accuracy per attribute, per split of
+        ``plan``."""
         del rng
-        ec = self.config.eval
         results = {}
-        for split in tuple(ec.splits):
-            captions, truths, images = self.judge.prompts(split, int(ec.num_samples), seed=0)
+        for split in plan.splits:
+            captions, truths, images = self.judge.prompts(split, plan.num_samples, seed=0)
             keys = [self.judge.content_key(t) for t in truths]
             img = self.embed_images(state, images)
             txt = self.embed_texts(state, captions)
@@ -246,5 +246,5 @@ class CLIPPipeline(Pipeline):
                 )
         return results
 
-    def evaluators(self):
-        return [self.evaluate_embeddings]
+    def evaluators(self, plan):
+        return [functools.partial(self.evaluate_embeddings, plan=plan)]

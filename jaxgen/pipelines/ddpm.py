@@ -10,7 +10,6 @@ import optax
 from jaxgen import diffusion
 from jaxgen.data import tokenizer
 from jaxgen.data.pixels import to_model_space, to_uint8
-from jaxgen.evaluation import judges
 from jaxgen.models.text_encoder import TextEncoder
 from jaxgen.models.unet import UNet
 from jaxgen.pipelines import pretrained
@@ -247,18 +246,8 @@ class DDPMPipeline(Pipeline):
         return np.concatenate([np.asarray(o) for o in out])[:n]
 
     # -- evaluation -----------------------------------------------------------------------
-    def evaluators(self):
-        ec = self.config.eval
+    def evaluators(self, plan):
         if not self.judge.has_truth:
             return []  # e.g. TFDS/folder datasets: nothing to judge against.
-        return [
-            functools.partial(
-                judges.evaluate_generator,
-                self.rerank,
-                self.judge,
-                splits=tuple(ec.splits),
-                num_samples=int(ec.num_samples),
-                generate_options={"num_steps": int(ec.get("num_steps", 0) or 0) or None},
-                embedder=self.clip_embedder,
-            )
-        ]
+        num_steps = int(self.config.eval.get("num_steps", 0) or 0) or None
+        return [self.sampled_evaluator(plan, num_steps=num_steps)]

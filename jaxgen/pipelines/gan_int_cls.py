@@ -28,7 +28,6 @@ import numpy as np
 import optax
 
 from jaxgen.data.pixels import to_model_space, to_uint8
-from jaxgen.evaluation import judges
 from jaxgen.models.clip import TextTower
 from jaxgen.models.gan import Discriminator, Generator, InverseNetwork
 from jaxgen.pipelines import pretrained
@@ -330,11 +329,11 @@ class GANINTCLSPipeline(Pipeline):
         return np.asarray(self._generate(self._g_params(state), z, t))
 
     # -- evaluation -----------------------------------------------------------------------
-    def diversity(self, state, rng) -> dict[str, float]:
+    def diversity(self, state, rng, split: str = "val") -> dict[str, float]:
         """Mean pairwise RMS distance (pixels in [0, 1]) of samples of one prompt, averaged
-        over prompts: near 0 means mode collapse."""
+        over prompts of ``split``: near 0 means mode collapse."""
         ec = self.config.eval
-        prompts = self.judge.prompts("test", int(ec.diversity_prompts), seed=3)[0]
+        prompts = self.judge.prompts(split, int(ec.diversity_prompts), seed=3)[0]
         per = int(ec.diversity_samples)
         dists = []
         for i, p in enumerate(prompts):
@@ -344,17 +343,8 @@ class GANINTCLSPipeline(Pipeline):
             dists.append(d[np.triu_indices(per, 1)].mean())
         return {"diversity": float(np.mean(dists))}
 
-    def evaluators(self):
-        ec = self.config.eval
-        out = [self.diversity]
+    def evaluators(self, plan):
+        out = [functools.partial(self.diversity, split=plan.splits[0])]
         if self.judge.has_truth:
-            sampled = functools.partial(
-                judges.evaluate_generator,
-                self.rerank,
-                self.judge,
-                splits=tuple(ec.splits),
-                num_samples=int(ec.num_samples),
-                embedder=self.clip_embedder,
-            )
-            out = [sampled, *out]
+            out = [self.sampled_evaluator(plan), *out]
         return out

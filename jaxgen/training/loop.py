@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from jaxgen import data as data_lib
 from jaxgen.config import load_experiment
+from jaxgen.evaluation.intervals import is_interval_key
 from jaxgen.training import checkpoint as ckpt_lib
 from jaxgen.training import images as images_lib
 from jaxgen.training import mesh as mesh_lib
@@ -66,7 +67,7 @@ def _train_and_evaluate(config, workdir) -> tuple[dict, bool]:
         run.close()  # also on errors (e.g. a NaN loss): in-flight saves of good states finish
     if not preempted and run.step > run.start_step:
         run.write_samples()
-        run.evaluate()
+        run.evaluate(final=True)
     run.writer.close()
     return run.results, preempted
 
@@ -201,7 +202,7 @@ class Run:
                     if every.sample(self.step):
                         self.write_samples()
                     if every.evaluate(self.step, self.train_seconds):
-                        self.evaluate()
+                        self.evaluate(final=False)
         if self.last_saved != self.step:
             self.save()
         return preemption.requested
@@ -231,14 +232,29 @@ class Run:
             images_lib.save_png(grid, path, scale=2)
             self.writer.write_image(self.step, "samples", grid)
 
-    def evaluate(self) -> None:
+    def evaluate(self, final: bool) -> None:
+        """The final evaluation (the splits the run reports, ``eval.json``) or one during
+        training (the validation splits, ``eval_history.jsonl`` only)."""
         rng = jax.random.fold_in(self.rngs["eval"], self.step)
-        results = workdir_lib.run_evaluators(self.pipeline, self.state, rng)
+        results = workdir_lib.run_evaluators(self.pipeline, self.state, rng, final)
         minutes = self.train_seconds / 60.0
-        self.writer.write_scalars(self.step, {f"eval/{k}": v for k, v in results.items()})
-        workdir_lib.write_eval(self.workdir, results, self.step, train_minutes=minutes)
+        self.writer.write_scalars(
+            self.step, {f"eval/{k}": v for k, v in results.items() if not is_interval_key(k)}
+        )
+        workdir_lib.write_eval(
+            self.workdir,
+            results,
+            self.step,
+            batch_size=self.config.train.batch_size,
+            train_minutes=minutes,
+            final=final,
+        )
         logging.info(
-            "Evaluation at step %d (%.1f min of training): %s", self.step, minutes, results
+            "%s evaluation at step %d (%.1f min of training): %s",
+            "Final" if final else "Validation",
+            self.step,
+            minutes,
+            {k: v for k, v in results.items() if not is_interval_key(k)},
         )
         self.results = results
 

@@ -8,11 +8,18 @@ and ``resolve`` replaces the reference by that path. Unreferenced entries cost n
 config can offer one that the user switches on with a single override. Training time of a
 pretraining run is its own (its workdir's ``eval.json``), not counted in the main run's
 ``train.max_minutes``.
+
+A run that several experiments share, such as the evaluation CLIP that scores every family's
+samples, is referred to as ``"shared:<experiment>[:variant]"``: it is trained the same way, once,
+into ``shared_dir(spec)`` under ``$JAXGEN_SHARED_DIR`` (default ``~/.cache/jaxgen/shared``), and
+every later run of any experiment reuses it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import jax
@@ -21,7 +28,28 @@ import ml_collections
 from jaxgen.training.checkpoint import NoCheckpointError
 
 PREFIX = "pretrain:"
+SHARED_PREFIX = "shared:"
 DONE_FILE = "done.json"
+
+
+def shared_root() -> Path:
+    """Where shared runs live: ``$JAXGEN_SHARED_DIR``, else ``~/.cache/jaxgen/shared``."""
+    root = os.environ.get("JAXGEN_SHARED_DIR") or Path.home() / ".cache" / "jaxgen" / "shared"
+    return Path(root)
+
+
+def shared_dir(spec: str) -> Path:
+    """The workdir of the shared run of experiment ``spec`` (e.g. ``"clip:eval"``)."""
+    return shared_root() / re.sub(r"[^A-Za-z0-9_.-]+", "_", spec)
+
+
+def shared_references(config: ml_collections.ConfigDict) -> set[str]:
+    """Experiment specs ``x`` of every ``"shared:x"`` string value in the config."""
+    return {
+        v[len(SHARED_PREFIX) :]
+        for v in _leaves(config)
+        if isinstance(v, str) and v.startswith(SHARED_PREFIX)
+    }
 
 
 def references(config: ml_collections.ConfigDict) -> set[str]:
@@ -45,8 +73,8 @@ def _replace(node, paths: dict[str, str]) -> None:
     for key, value in node.items():
         if isinstance(value, ml_collections.ConfigDict):
             _replace(value, paths)
-        elif isinstance(value, str) and value.startswith(PREFIX):
-            node[key] = paths[value[len(PREFIX) :]]
+        elif isinstance(value, str) and value in paths:
+            node[key] = paths[value]
 
 
 def run_dir(workdir: str | Path, name: str) -> Path:
@@ -60,6 +88,7 @@ def pending(config: ml_collections.ConfigDict, workdir: str | Path) -> list[tupl
     names = _check_references(config)
     specs = config.get("pretrain") or {}
     runs = [(specs[name], run_dir(workdir, name)) for name in sorted(names)]
+    runs += [(spec, shared_dir(spec)) for spec in sorted(shared_references(config))]
     return [(spec, sub) for spec, sub in runs if not (sub / DONE_FILE).exists()]
 
 
@@ -70,27 +99,39 @@ def mark_done(run: Path, spec: str) -> None:
 
 
 def resolve(config: ml_collections.ConfigDict, workdir: str | Path) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with every ``"pretrain:<name>"`` replaced by that run's workdir.
+    """A copy of ``config`` with every ``"pretrain:<name>"`` and ``"shared:<spec>"`` replaced
+    by that run's workdir.
 
     Raises ``NoCheckpointError`` for a referenced run that holds no checkpoint (the training
     loop trains the ``pending`` ones first; loading a workdir for sampling does not).
     """
     names = _check_references(config)
-    if not names:
+    shared = shared_references(config)
+    if not names and not shared:
         return config
     specs = config.get("pretrain") or {}
     paths = {}
     for name in sorted(names):
-        sub = run_dir(workdir, name)
-        if not (sub / "checkpoints").exists():
-            raise NoCheckpointError(
-                f"{sub} holds no checkpoint: the pretraining run {name!r} ({specs[name]}) of "
-                f"{workdir} has not been trained; train {workdir} first."
-            )
-        paths[name] = str(sub)
+        paths[PREFIX + name] = _trained(
+            run_dir(workdir, name),
+            f"pretraining run {name!r} ({specs[name]}) of {workdir}",
+            f"train {workdir}",
+        )
+    for spec in sorted(shared):
+        paths[SHARED_PREFIX + spec] = _trained(
+            shared_dir(spec), f"shared run {spec!r}", "train any experiment that uses it"
+        )
     config = ml_collections.ConfigDict(config.to_dict())
     _replace(config, paths)
     return config
+
+
+def _trained(sub: Path, what: str, remedy: str) -> str:
+    if not (sub / "checkpoints").exists():
+        raise NoCheckpointError(
+            f"{sub} holds no checkpoint: the {what} has not been trained; {remedy} first."
+        )
+    return str(sub)
 
 
 def _check_references(config) -> set[str]:

@@ -24,6 +24,7 @@ import numpy as np
 from jaxgen import data as data_lib
 from jaxgen import pipelines
 from jaxgen.config import apply_overrides
+from jaxgen.pipelines.base import EvalPlan
 from jaxgen.training import checkpoint as ckpt_lib
 from jaxgen.training import mesh as mesh_lib
 from jaxgen.training import pretrain
@@ -53,15 +54,49 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def write_eval(workdir: Path, results: dict, step: int, train_minutes: float | None = None):
-    """Writes ``eval.json`` (latest) and appends to ``eval_history.jsonl``."""
-    if jax.process_index() != 0:
-        return
-    record = {"step": int(step), **({"train_minutes": train_minutes} if train_minutes else {})}
+def write_eval(
+    workdir: Path,
+    results: dict,
+    step: int,
+    *,
+    batch_size: int,
+    train_minutes: float | None = None,
+    final: bool = True,
+) -> dict:
+    """Appends the evaluation to ``eval_history.jsonl`` and, when it is the final one (or
+    ``--mode=eval``), writes it to ``eval.json``. The record says what the numbers bought: the
+    step, the images seen (step x global batch) and the minutes of training. Returns it."""
+    record = {
+        "step": int(step),
+        "images_seen": int(step) * int(batch_size),
+        "final": bool(final),
+        **({"train_minutes": float(train_minutes)} if train_minutes else {}),
+    }
     record.update({k: float(v) for k, v in results.items()})
-    (workdir / EVAL_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+    if jax.process_index() != 0:
+        return record
+    if final:
+        (workdir / EVAL_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
     with open(workdir / EVAL_HISTORY_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
+    return record
+
+
+def format_eval(record: dict) -> str:
+    """An evaluation record as text: what it bought, then one line per result with its 95%
+    interval."""
+    from jaxgen.evaluation.intervals import format_result, is_interval_key
+
+    head = [f"step {record['step']}, {record['images_seen']:,} images seen"]
+    if record.get("train_minutes"):
+        head.append(f"{record['train_minutes']:.1f} min of training")
+    meta = {"step", "images_seen", "final", "train_minutes"}
+    lines = [
+        f"  {k}: {format_result(record, k)}"
+        for k in sorted(record)
+        if k not in meta and not is_interval_key(k)
+    ]
+    return "\n".join([", ".join(head), *lines])
 
 
 def root_rngs(seed: int) -> dict[str, jax.Array]:
@@ -111,10 +146,13 @@ def restore_state(pipeline, config, workdir: str | Path):
         checkpointer.close()
 
 
-def run_evaluators(pipeline, state, rng) -> dict[str, float]:
-    """Runs every evaluator of the pipeline and merges their results."""
+def run_evaluators(pipeline, state, rng, final: bool = True) -> dict[str, float]:
+    """Runs every evaluator of the pipeline and merges their results: the final evaluation on
+    the splits a run reports, or (``final=False``) one during training on the validation
+    splits (``EvalPlan``)."""
+    plan = EvalPlan.from_config(pipeline.config.eval, final)
     results = {}
-    for i, evaluator in enumerate(pipeline.evaluators()):
+    for i, evaluator in enumerate(pipeline.evaluators(plan)):
         results.update(evaluator(state, jax.random.fold_in(rng, i)))
     return results
 
@@ -122,9 +160,11 @@ def run_evaluators(pipeline, state, rng) -> dict[str, float]:
 class TrainedModel:
     """A pipeline with the state restored from a workdir's newest checkpoint."""
 
-    def __init__(self, config, pipeline, state, step: int, workdir: Path):
+    def __init__(
+        self, config, pipeline, state, step: int, workdir: Path, train_minutes: float = 0.0
+    ):
         self.config, self.pipeline, self.state = config, pipeline, state
-        self.step, self.workdir = step, workdir
+        self.step, self.workdir, self.train_minutes = step, workdir, train_minutes
 
     def generate(self, prompts: Sequence[str] | str, seed: int = 0, **options) -> np.ndarray:
         """One image per prompt: uint8 ``[N, H, W, 3]``. Options go to the pipeline's sampler;
@@ -151,10 +191,12 @@ class TrainedModel:
             )
         return method
 
-    def evaluate(self) -> dict[str, float]:
-        """Runs the pipeline's evaluators with the key the training loop uses at this step."""
+    def evaluate(self, final: bool = True) -> dict[str, float]:
+        """Runs the pipeline's evaluators with the key the training loop uses at this step:
+        the final evaluation (the splits a run reports), or with ``final=False`` the one on
+        the validation splits that checks during training read."""
         rng = jax.random.fold_in(root_rngs(self.config.seed)["eval"], self.step)
-        return run_evaluators(self.pipeline, self.state, rng)
+        return run_evaluators(self.pipeline, self.state, rng, final)
 
 
 def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
@@ -172,8 +214,9 @@ def load(workdir: str | Path, overrides: dict | None = None) -> TrainedModel:
         config.mesh.fsdp = math.gcd(int(config.mesh.get("fsdp", 1)), jax.device_count())
     config = pretrain.resolve(config, workdir)
     pipeline = build_pipeline(config)
-    state, _, step = restore_state(pipeline, config, workdir)
-    return TrainedModel(config, pipeline, state, step, workdir)
+    state, meta, step = restore_state(pipeline, config, workdir)
+    minutes = float((meta or {}).get("train_seconds", 0.0)) / 60.0
+    return TrainedModel(config, pipeline, state, step, workdir, minutes)
 
 
 def load_trained(workdir: str) -> TrainedModel:
