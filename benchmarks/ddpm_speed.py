@@ -14,8 +14,10 @@ source and batch iterator, ``pipeline.train_step`` jitted with the state donated
 3. sampler efficiency: the compiled DDIM sampler's wall time / (num_steps x one jitted denoiser
    forward at the same effective batch, 2B with classifier-free guidance) (goal <= 1.10);
 4. with ``--torch``: a diffusers ``UNet2DModel`` of the same widths trained in the same process
-   on random data (2 torch threads), its images/s and parameter count, and jaxgen/diffusers
-   (goal >= 1.0), also against our UNet made unconditional (``config.model.text = None``).
+   on random data (2 torch threads), its images/s and parameter count, and the ratio
+   jaxgen/diffusers for our UNet made unconditional (``config.model.text = None``) and for the
+   text-conditional one. The peer wrapped in our 2x2 pixel folding is the like-for-like one
+   (goal >= 1.0); every other row names what differs between the two networks.
 
 Every comparison is a ratio of numbers measured side by side in this process: the timed blocks
 of the contenders are interleaved over ``--rounds`` rounds and each reports the median step time,
@@ -219,7 +221,7 @@ def main(argv):
         log("compiling the unconditional train step ...")
         uncond = Trainer(unconditional(config), mesh, source, iterator)
         uncond.warmup(_WARMUP.value)
-    peers = []  # [(label, patch_size, torch_unet.Trainer, step times)]
+    peers = []  # [(label, what differs from ours, torch_unet.Trainer, step times)]
     if _TORCH.value:
         try:
             import torch_unet
@@ -258,7 +260,12 @@ def main(argv):
                 trainer.step()
             trainer.flops = trainer.count_flops()
             label = "diffusers UNet2DModel" + (f" + {p}x{p} space-to-depth" if p > 1 else "")
-            peers.append((label, p, trainer, []))
+            differs = (
+                ""
+                if p == patch
+                else f"no {patch}x{patch} pixel folding: it convolves the full {size}x{size} grid"
+            )
+            peers.append((label, differs, trainer, []))
     matmul = Matmul()
 
     log(f"timing {steps} training steps per contender over {rounds} round(s) ...")
@@ -349,14 +356,14 @@ def main(argv):
         import torch
 
         res["torch"] = []
-        for label, p, trainer, times in peers:
+        for label, differs, trainer, times in peers:
             ips = bs / median(times)
             unet = getattr(trainer.model, "unet", trainer.model)
             entry = {
                 "label": label,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "patch_size": p,
+                "differs": differs,  # from our unconditional UNet; "" = like for like
                 "params": torch_unet.num_params(trainer.model),
                 "block_out_channels": list(unet.config.block_out_channels),
                 "down_block_types": list(unet.config.down_block_types),
@@ -447,13 +454,25 @@ def main(argv):
                 f"{t['label']}: step GFLOP (torch counter) and GFLOP/s",
                 f"{t['step_flops'] / 1e9:.1f} @ {t['achieved_gflops']:.1f}",
             )
+            # The goal is read against the like-for-like ratio only; every other row says what
+            # differs between the two networks, so its ratio is not read as the libraries'.
+            text = "ours adds cross-attention and a text encoder"
             if uncond is not None:
                 r = t["ratio_uncond"]
-                tab.row(
-                    "  jaxgen unconditional / it (like for like)", f"{r:.3f}", ">= 1.0", r >= 1.0
-                )
-            r = t["ratio_text_cond"]
-            tab.row("  jaxgen text-conditional / it", f"{r:.3f}", ">= 1.0", r >= 1.0)
+                if t["differs"]:
+                    tab.row(f"  jaxgen unconditional / it (differs: {t['differs']})", f"{r:.3f}")
+                else:
+                    tab.row(
+                        "  jaxgen unconditional / it (like for like: the same network)",
+                        f"{r:.3f}",
+                        ">= 1.0",
+                        r >= 1.0,
+                    )
+            differs = "; ".join(d for d in (text, t["differs"]) if d)
+            tab.row(
+                f"  jaxgen text-conditional / it (differs: {differs})",
+                f"{t['ratio_text_cond']:.3f}",
+            )
         if peers:
             tab.note(
                 "diffusers' UNet2DModel is unconditional: no cross-attention, no text encoder;"
