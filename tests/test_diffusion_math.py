@@ -262,3 +262,70 @@ def test_loss_rejects_unknown_names():
         dif.diffusion_loss(sched, lambda x, t: x, x0, jax.random.key(0), timestep_sampling="beta")
     with pytest.raises(ValueError, match="logit_std"):
         dif.sample_timesteps(jax.random.key(0), 2, 10, "logit_normal", logit_std=0.0)
+
+
+# ------------------------------------------------------------------ classifier-free guidance
+
+
+class _TokenRecorder:
+    """Stands in for the DDPM pipeline's UNet: predicts zeros and records, on each call, the
+    tokens the train step conditions it on."""
+
+    def __init__(self):
+        self.seen = []
+
+    def apply(self, variables, x_t, t, tokens, train=False, rngs=None):
+        del t, train, rngs
+        jax.debug.callback(lambda tok: self.seen.append(np.asarray(tok)), tokens)
+        return jnp.zeros_like(x_t) * variables["params"]["w"]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.3])
+def test_train_step_drops_each_caption_with_probability_p(p):
+    """Classifier-free guidance training (Ho & Salimans 2022) replaces each example's caption by
+    the empty one independently with probability ``diffusion.cond_drop_prob``: per batch the
+    number dropped is Binomial(B, p) (checked against its two-sided 1e-6 quantiles, which
+    dropping all or none of a batch at once, or dropping with 1 - p, miss by far)."""
+    from helpers import experiment_config
+    from scipy import stats
+
+    from jaxgen.data import tokenizer
+    from jaxgen.pipelines import state as state_lib
+    from jaxgen.pipelines.ddpm import DDPMPipeline
+
+    config = experiment_config("ddpm", "smoke")
+    config.diffusion.cond_drop_prob = p
+    pipe = DDPMPipeline(config)
+    assert pipe.conditional and not pipe.freeze_text
+    recorder = pipe.model = _TokenRecorder()
+    b, steps = 2000, 3
+    tokens = pipe.tokenize([f"caption {i}" for i in range(b)])
+    empty = tokenizer.encode("", int(config.data.max_text_len))
+    assert not (tokens == empty).all(-1).any()
+    params = {"unet": {"w": jnp.ones(())}}
+    state = state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state={"unet": pipe.tx.init(params["unet"])},
+        ema_params=params,
+    )
+    batch = {"image": np.zeros((b, 1, 1, 3), np.uint8), "tokens": tokens}
+    step = jax.jit(pipe.train_step)
+    lo, hi = stats.binom.interval(1 - 1e-6, b, p)
+    dropped_sets = []
+    for i in range(steps):
+        recorder.seen.clear()
+        jax.block_until_ready(step(state, batch, jax.random.key(i)))
+        assert recorder.seen, "the model never saw the tokens"
+        for other in recorder.seen[1:]:  # every call of one step sees the same captions
+            np.testing.assert_array_equal(other, recorder.seen[0])
+        seen = recorder.seen[0]
+        dropped = (seen == empty).all(-1)
+        # A dropped caption is the empty one; every other is its own example's, unchanged.
+        np.testing.assert_array_equal(seen[~dropped], tokens[~dropped])
+        assert lo <= dropped.sum() <= hi, (p, i, int(dropped.sum()), (lo, hi))
+        dropped_sets.append(np.flatnonzero(dropped))
+    if p == 0.0:
+        assert all(len(s) == 0 for s in dropped_sets)
+    else:  # each step draws its own examples to drop
+        assert not np.array_equal(dropped_sets[0], dropped_sets[1])
