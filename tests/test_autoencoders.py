@@ -218,6 +218,47 @@ def test_network_shapes_and_dtypes():
     chex.assert_shape(d.apply(p, x), (2, 4, 4))
 
 
+def _f64(x) -> np.ndarray:
+    return np.asarray(x, np.float64)
+
+
+def _model_input(images) -> jax.Array:
+    """uint8 images as the networks see them: float32 in [-1, 1]."""
+    return jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.sqrt(np.sum(x**2, axis=-1, keepdims=True) + 1e-6)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _encoder_out(pipe, params, images) -> np.ndarray:
+    return _f64(pipe.encoder.apply({"params": params["encoder"]}, _model_input(images)))
+
+
+def _decoder_out(pipe, params, z) -> np.ndarray:
+    return _f64(pipe.decoder.apply({"params": params["decoder"]}, jnp.asarray(z, jnp.float32)))
+
+
+def _vq_numpy(pipe, params, images):
+    """``(z_e, codes, z_q)`` of a VQ model in numpy: the encoder's output and the codebook
+    (both l2-normalised with ``vq.l2_codes``), the nearest code by brute force."""
+    z_e = _encoder_out(pipe, params, images)
+    codebook = _f64(params["codebook"]["embedding"])
+    if pipe.config.vq.l2_codes:
+        z_e, codebook = _l2_normalize(z_e), _l2_normalize(codebook)
+    codes = ((z_e[..., None, :] - codebook) ** 2).sum(-1).argmin(-1)
+    return z_e, codes, codebook[codes]
+
+
 @pytest.fixture(scope="module")
 def smoke_states():
     """kind -> (pipeline, initial state, batch, jitted train step) of each smoke config."""
@@ -226,6 +267,10 @@ def smoke_states():
     out = {}
     for kind in KINDS:
         config = experiment_config(kind, "smoke")
+        if kind == "vae":
+            config.vae.beta = 0.5  # not 1, so that a lost or misplaced beta shows in the loss
+        if kind == "vqgan":
+            config.model.vgg_weights = ""  # the pixel loss alone, whatever is on this machine
         pipe = build_pipeline(config)
         src = data_lib.build_source(config.data, "train")
         batch = {k: np.stack([src[i][k] for i in range(4)]) for k in ("image", "tokens")}
@@ -234,19 +279,43 @@ def smoke_states():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_encode_decode_round_trip_shapes(kind, smoke_states):
+def test_encode_decode_round_trip(kind, smoke_states):
+    """``encode`` gives the codes computed here from the encoder's output (nearest code by brute
+    force, the logits' argmax, the posterior mean), and ``decode``/``reconstruct`` give the
+    decoder's image of exactly those codes: other codes decode to another image."""
     pipe, state, batch, step = smoke_states[kind]
-    codes = pipe.encode(state.params, batch["image"])
+    params = state.params
+    raw = _encoder_out(pipe, params, batch["image"])
+    codes = pipe.encode(params, batch["image"])
     g = pipe.grid
     if kind == "vae":
         chex.assert_shape(codes, (4, g, g, pipe.code_dim))
+        want_codes = raw[..., : pipe.code_dim]  # the mean half of (mean, log-variance)
+        np.testing.assert_allclose(codes, want_codes, rtol=1e-6, atol=1e-6)
+        z, other, z_other = want_codes, -want_codes, -want_codes
     else:
         chex.assert_shape(codes, (4, g, g))
         assert codes.dtype == jnp.int32
-        assert 0 <= int(codes.min()) and int(codes.max()) < pipe.num_codes
-    images = pipe.decode(state.params, codes)
-    assert images.shape == batch["image"].shape and images.dtype == jnp.uint8
-    assert pipe.reconstruct(state, batch["image"]).shape == batch["image"].shape
+        if pipe.vq:
+            _, want_codes, z = _vq_numpy(pipe, params, batch["image"])
+            codebook = _l2_normalize(_f64(params["codebook"]["embedding"]))
+        else:
+            want_codes = raw.argmax(-1)
+            codebook = _f64(params["codebook"]["embedding"])
+            z = codebook[want_codes]
+        np.testing.assert_array_equal(codes, want_codes)
+        other = (want_codes + 1) % pipe.num_codes
+        z_other = codebook[other]
+    recon = pipe.reconstruct(state, batch["image"])
+    assert recon.shape == batch["image"].shape and recon.dtype == np.uint8
+    want = _to_uint8(_decoder_out(pipe, params, z)).astype(int)
+    assert np.abs(recon.astype(int) - want).max() <= 1  # float rounding at a level's edge
+    decoded = np.asarray(pipe.decode(params, codes)).astype(int)
+    assert np.abs(decoded - want).max() <= 1
+    decoded_other = np.asarray(pipe.decode(params, jnp.asarray(other)))
+    want_other = _to_uint8(_decoder_out(pipe, params, z_other)).astype(int)
+    assert np.abs(decoded_other.astype(int) - want_other).max() <= 1
+    assert np.abs(want_other - want).max() > 8  # a real difference, not rounding
     prior = pipe.generate(state, ["ignored"] * 3, jax.random.key(0))
     assert prior.shape == (3, pipe.size, pipe.size, 3) and prior.dtype == np.uint8
 
@@ -274,6 +343,187 @@ def test_train_step_metrics(kind, smoke_states):
         lambda a, b: bool(jnp.any(a != b)), state.params["encoder"], new.params["encoder"]
     )
     assert any(jax.tree.leaves(changed))
+
+
+def test_vae_loss_is_the_gaussian_nll_plus_beta_kl(smoke_states):
+    """In numpy from the networks' outputs: the per-dimension Gaussian NLL under the learned
+    scale, shifted to the 8-bit bin width (``-log(2/255)``), plus beta times the closed-form
+    ``KL[N(mu, sigma^2) || N(0, I)]`` of an image over its H*W*C dimensions."""
+    pipe, state, batch, step = smoke_states["vae"]
+    beta = float(pipe.config.vae.beta)
+    assert beta != 1.0
+    log_scale = -0.7  # not the initial 0, so that the scale's place in the NLL shows
+    state = state.replace(params={**state.params, "log_scale": jnp.float32(log_scale)})
+    rng = jax.random.key(3)
+    _, metrics = step(state, batch, rng)
+    mean, logvar = np.split(_encoder_out(pipe, state.params, batch["image"]), 2, axis=-1)
+    # The step's noise: the first key of its rng's split (the second is the codebook's).
+    eps = _f64(jax.random.normal(jax.random.split(rng)[0], mean.shape))
+    recon = _decoder_out(pipe, state.params, mean + np.exp(0.5 * logvar) * eps)
+    x = _f64(_model_input(batch["image"]))
+    nll = 0.5 * ((x - recon) / math.exp(log_scale)) ** 2 + log_scale + 0.5 * math.log(2 * math.pi)
+    rec = nll.mean() - math.log(2 / 255)
+    kl = np.mean(np.sum(0.5 * (mean**2 + np.exp(logvar) - 1.0 - logvar), axis=(1, 2, 3)))
+    dims = x[0].size
+    assert float(metrics["rec_loss"]) == pytest.approx(rec, rel=1e-5)
+    assert float(metrics["kl"]) == pytest.approx(kl, rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(rec + beta * kl / dims, rel=1e-5)
+    assert float(metrics["bits_per_dim"]) == pytest.approx(
+        (rec + kl / dims) / math.log(2), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_vq_loss_is_rec_plus_beta_commitment_plus_codebook_term_without_ema(ema, smoke_states):
+    """``rec + beta ||z_e - z_q||^2``, plus ``||z_e - z_q||^2`` again for the codebook when it is
+    trained by gradient (not by EMA); the decoder reads the nearest codes. In numpy from the
+    encoder's and decoder's outputs. (Both terms have the same value: which one beta weights
+    is the gradients' business, tested in ``test_vq_terms_reach_the_right_parameters...``.)"""
+    pipe, state, batch, step = smoke_states["vqvae"]
+    assert pipe.vq_ema
+    if not ema:
+        config = experiment_config("vqvae", "smoke")
+        config.vq.ema = False
+        pipe = build_pipeline(config)
+        state, step = pipe.init(jax.random.key(0), batch), jax.jit(pipe.train_step)
+    _, metrics = step(state, batch, jax.random.key(4))
+    z_e, _, z_q = _vq_numpy(pipe, state.params, batch["image"])
+    dist = np.mean(np.sum((z_e - z_q) ** 2, axis=-1))
+    x = _f64(_model_input(batch["image"]))
+    rec = np.mean((_decoder_out(pipe, state.params, z_q) - x) ** 2)
+    beta = float(pipe.config.vq.beta)
+    want = rec + beta * dist + (0.0 if ema else dist)
+    assert float(metrics["commitment"]) == pytest.approx(dist, rel=1e-4)
+    assert float(metrics["codebook_loss"]) == pytest.approx(dist, rel=1e-4)
+    assert float(metrics["rec_loss"]) == pytest.approx(rec, rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_vqgan_loss_adds_the_adaptively_weighted_hinge_gan_term(smoke_states):
+    """Once the discriminator is on: ``rec + beta commitment + w lambda (-mean D(recon))`` with
+    ``lambda = ||dL_rec/dW|| / (||dL_gan/dW|| + 1e-4)`` at the decoder's last kernel W (by
+    ``jax.grad`` through the whole decoder here, not the pipeline's vjp at W's input), and the
+    discriminator's hinge loss ``(mean relu(1 - D(x)) + mean relu(1 + D(recon))) / 2``."""
+    pipe, state, batch, step = smoke_states["vqgan"]
+    assert pipe.vgg is None
+    gc = pipe.config.gan
+    state = state.replace(step=jnp.asarray(gc.start_step, jnp.int32))
+    _, metrics = step(state, batch, jax.random.key(5))
+    params = state.params
+    z_e, _, z_q = _vq_numpy(pipe, params, batch["image"])
+    dist = np.mean(np.sum((z_e - z_q) ** 2, axis=-1))
+    x = _model_input(batch["image"])
+    z = jnp.asarray(z_q, jnp.float32)
+
+    def decode_with(kernel):
+        last = {**params["decoder"]["conv_out"], "kernel": kernel}
+        return pipe.decoder.apply({"params": {**params["decoder"], "conv_out": last}}, z)
+
+    def discriminate(images):
+        return pipe.D.apply({"params": params["D"]}, images)
+
+    kernel = params["decoder"]["conv_out"]["kernel"]
+    g_rec = jax.grad(lambda k: jnp.mean(jnp.square(decode_with(k) - x)))(kernel)
+    g_gan = jax.grad(lambda k: -jnp.mean(discriminate(decode_with(k))))(kernel)
+    lam = min(np.linalg.norm(g_rec) / (np.linalg.norm(g_gan) + 1e-4), float(gc.max_weight))
+    recon = decode_with(kernel)
+    rec = np.mean((_f64(recon) - _f64(x)) ** 2)
+    real, fake = _f64(discriminate(x)), _f64(discriminate(recon))
+    g_adv = float(gc.weight) * lam * -fake.mean()
+    d_loss = 0.5 * (np.maximum(1.0 - real, 0).mean() + np.maximum(1.0 + fake, 0).mean())
+    assert float(metrics["adaptive_weight"]) == pytest.approx(lam, rel=1e-4)
+    assert float(metrics["g_adv_loss"]) == pytest.approx(g_adv, rel=1e-4)
+    assert float(metrics["d_real"]) == pytest.approx(real.mean(), rel=1e-4)
+    assert float(metrics["d_fake"]) == pytest.approx(fake.mean(), rel=1e-4)
+    assert float(metrics["d_loss"]) == pytest.approx(d_loss, rel=1e-5)
+    want = rec + float(pipe.config.vq.beta) * dist + g_adv
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_gumbel_softmax_is_relaxed_and_its_gradient_is_the_softmax_jacobian():
+    """The dVAE trains on the relaxed sample ``y = softmax((l + g) / T)`` itself (no
+    straight-through one-hot): its values lie inside (0, 1), and ``dy/dl`` is
+    ``(diag(y) - y y^T) / T`` per row, zero across rows."""
+    logits = jnp.asarray(np.random.default_rng(2).normal(size=(3, 5)), jnp.float32)
+    key, temperature = jax.random.key(7), 0.5
+    y = _f64(bn.gumbel_softmax(logits, key, temperature))
+    np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)
+    assert np.all(y.max(-1) < 0.999) and np.all(y > 0), y
+    jac = _f64(jax.jacobian(lambda lg: bn.gumbel_softmax(lg, key, temperature))(logits))
+    want = np.zeros((3, 5, 3, 5))
+    for r in range(3):
+        want[r, :, r, :] = (np.diag(y[r]) - np.outer(y[r], y[r])) / temperature
+    np.testing.assert_allclose(jac, want, atol=1e-6)
+
+
+def test_dvae_decodes_the_relaxed_sample_and_its_gradient_reaches_the_encoder(smoke_states):
+    """At step 2 of the smoke schedule (temperature 1/2 and a KL weight > 0, both in closed
+    form): the reconstruction is the decoder's image of ``softmax((l + g) / T) @ codebook``,
+    the loss adds the weighted per-token and batch-averaged KLs to uniform (numpy), and the
+    gradient norm is that of this loss written out in jnp, whose reconstruction term reaches
+    the encoder through the relaxation."""
+    pipe, state, batch, step = smoke_states["dvae"]
+    dc = pipe.config.dvae
+    n = 2
+    state = state.replace(step=jnp.asarray(n, jnp.int32))
+    rng = jax.random.key(6)
+    _, metrics = step(state, batch, rng)
+    frac = 0.5 * (1.0 + math.cos(math.pi * n / dc.anneal_steps))
+    temperature = math.exp(
+        math.log(dc.temperature_end)
+        + (math.log(dc.temperature_start) - math.log(dc.temperature_end)) * frac
+    )
+    kl_weight = dc.kl_weight * (1.0 - 0.5 * (1.0 + math.cos(math.pi * n / dc.kl_warmup_steps)))
+    assert temperature == pytest.approx(0.5) and kl_weight > 0
+    assert float(metrics["temperature"]) == pytest.approx(temperature, rel=1e-5)
+    assert float(metrics["kl_weight"]) == pytest.approx(kl_weight, rel=1e-5)
+
+    params = state.params
+    k = pipe.num_codes
+    logits = pipe.logit_scale * _encoder_out(pipe, params, batch["image"])
+    # The step's noise: the first key of its rng's split.
+    noise_key = jax.random.split(rng)[0]
+    gumbel = _f64(jax.random.gumbel(noise_key, logits.shape, jnp.float32))
+    soft = _softmax((logits + gumbel) / temperature)
+    assert np.mean(soft.max(-1) < 0.99) > 0.1  # a relaxed sample, not a one-hot
+    x = _f64(_model_input(batch["image"]))
+    rec = np.mean(
+        (_decoder_out(pipe, params, soft @ _f64(params["codebook"]["embedding"])) - x) ** 2
+    )
+    q = _softmax(logits)
+    kl = np.mean(np.sum(q * np.log(q), -1) + np.log(k))
+    q_bar = q.reshape(-1, k).mean(0)
+    usage_kl = np.sum(q_bar * np.log(q_bar)) + np.log(k)
+    assert float(metrics["rec_loss"]) == pytest.approx(rec, rel=1e-5)
+    assert float(metrics["kl"]) == pytest.approx(kl, rel=1e-4)
+    assert float(metrics["usage_kl"]) == pytest.approx(usage_kl, rel=1e-4, abs=1e-7)
+    want = rec + kl_weight * kl + dc.usage_weight * usage_kl
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-5)
+
+    x32 = jnp.asarray(x, jnp.float32)
+    g = jax.random.gumbel(noise_key, logits.shape, jnp.float32)
+
+    def loss(p, through_relaxation=True):
+        lg = pipe.logit_scale * pipe.encoder.apply({"params": p["encoder"]}, x32)
+        y = jnp.exp(jax.nn.log_softmax((lg + g) / temperature))
+        if not through_relaxation:
+            y = jax.lax.stop_gradient(y)
+        recon = pipe.decoder.apply({"params": p["decoder"]}, y @ p["codebook"]["embedding"])
+        logq = jax.nn.log_softmax(lg)
+        kl = jnp.mean(jnp.sum(jnp.exp(logq) * logq, -1)) + jnp.log(k)
+        q_bar = jnp.mean(jnp.exp(logq).reshape(-1, k), 0)
+        usage = jnp.sum(q_bar * jnp.log(q_bar)) + jnp.log(k)
+        return jnp.mean(jnp.square(recon - x32)) + kl_weight * kl + dc.usage_weight * usage
+
+    def grad_norm(through_relaxation):
+        trained = {n: params[n] for n in ("encoder", "decoder", "codebook")}
+        grads = jax.grad(loss)(trained, through_relaxation)
+        return math.sqrt(sum(float(jnp.sum(jnp.square(v))) for v in jax.tree.leaves(grads)))
+
+    norm = grad_norm(True)
+    assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-4)
+    # The reconstruction's gradient to the encoder (through y) is a visible share of the norm.
+    assert abs(grad_norm(False) - norm) > 1e-3 * norm
 
 
 def test_dvae_posterior_is_the_scaled_logits(smoke_states):
@@ -467,10 +717,33 @@ def test_bad_images_and_tokens(smoke_states):
 
 
 # -- end to end -----------------------------------------------------------------------------
-def test_vae_bits_per_dim_is_a_positive_bound(smoke_states):
+def test_vae_bits_per_dim_is_the_discretised_negative_elbo(smoke_states):
+    """``E_x[-log2 P(x | z) + KL / ln 2] / (H W C)`` with ``z ~ q(z | x)`` drawn with the given
+    key and ``P`` the probability of each 8-bit value's bin (width 2/255, the end bins open)
+    under ``N(decoder(z), s^2)``: in float64 with scipy."""
     pipe, state, batch, _ = smoke_states["vae"]
-    bpd = pipe.bits_per_dim(state, batch["image"], jax.random.key(0))
-    assert 0 < bpd < 64 and np.isfinite(bpd)
+    log_scale = -0.5
+    state = state.replace(params={**state.params, "log_scale": jnp.float32(log_scale)})
+    rng = jax.random.key(8)
+    bpd = pipe.bits_per_dim(state, batch["image"], rng)
+    mean, logvar = np.split(_encoder_out(pipe, state.params, batch["image"]), 2, axis=-1)
+    eps = _f64(jax.random.normal(rng, mean.shape))
+    recon = _decoder_out(pipe, state.params, mean + np.exp(0.5 * logvar) * eps)
+    images = np.asarray(batch["image"])
+    x = images / 127.5 - 1.0
+    lo = np.where(images == 0, -np.inf, x - 1 / 255)
+    hi = np.where(images == 255, np.inf, x + 1 / 255)
+    scale = math.exp(log_scale)
+    upper_tail = lo > recon
+    prob = np.where(
+        upper_tail,
+        stats.norm.sf(lo, recon, scale) - stats.norm.sf(hi, recon, scale),
+        stats.norm.cdf(hi, recon, scale) - stats.norm.cdf(lo, recon, scale),
+    )
+    nll = -np.log(prob).sum(axis=(1, 2, 3))
+    kl = np.sum(0.5 * (mean**2 + np.exp(logvar) - 1.0 - logvar), axis=(1, 2, 3))
+    want = np.mean(nll + kl) / (x[0].size * math.log(2))
+    assert bpd == pytest.approx(want, rel=1e-4)
 
 
 def test_vqgan_cli_train_sample_and_tokenizer(tmp_path):

@@ -126,16 +126,25 @@ def test_sample_writes_png_and_prints_path(trained_workdir):
     assert path.is_file() and path.parent == trained_workdir / "samples"
     with Image.open(path) as img:
         grid = np.asarray(img.convert("RGB"))
-    # The PNG is the API's samples for the same prompts and seed, tiled and shown at 2x; their
-    # pixels are not one flat colour (the grey border between them would be, for any output).
+    # The PNG shows, at 2x, the API's samples for the same prompts and seed side by side in a
+    # 1-pixel grey (96) border. Each cell is compared with its sample directly (not with the
+    # library's own grid of them, which an empty grid would match), and the samples are not
+    # one flat colour (the border is, for any output).
     import jaxgen
-    from jaxgen.training.images import make_grid
 
     samples = jaxgen.load(trained_workdir).generate(prompts, seed=11)
-    assert samples.shape[0] == 2 and all(s.std() > 0 for s in samples)
-    expected = make_grid(samples).repeat(2, axis=0).repeat(2, axis=1)
-    assert grid.shape == expected.shape
-    assert np.abs(grid.astype(int) - expected.astype(int)).max() <= 1
+    n, size = samples.shape[:2]
+    assert n == 2 and all(s.std() > 0 for s in samples)
+    assert not np.array_equal(samples[0], samples[1])
+    assert grid.shape == (2 * (size + 2), 2 * (2 * size + 3), 3)
+    border = np.ones(grid.shape[:2], bool)
+    for i, sample in enumerate(samples):
+        y, x = 2, 2 + 2 * i * (size + 1)
+        cell = grid[y : y + 2 * size, x : x + 2 * size].astype(int)
+        border[y : y + 2 * size, x : x + 2 * size] = False
+        want = sample.repeat(2, axis=0).repeat(2, axis=1).astype(int)
+        assert np.abs(cell - want).max() <= 1, i
+    assert np.all(grid[border] == 96)
     for p in prompts:
         assert p in proc.stdout
 
@@ -152,7 +161,12 @@ def test_eval_rewrites_eval_json(trained_workdir, tmp_path):
     for key in EVAL_KEYS:
         assert 0.0 <= results[key] <= 1.0, (key, results)
     assert len(read_jsonl(workdir / "eval_history.jsonl")) == before + 1
-    assert f"Evaluation at step {SMOKE_STEPS}" in proc.stdout
+    # Printed with what it bought and each score's interval.
+    assert f"step {SMOKE_STEPS}, {results['images_seen']:,} images seen" in proc.stdout
+    colour = "{:.3f} [{:.3f}, {:.3f}]".format(
+        *(results[f"test/colour{s}"] for s in ("", "_lo", "_hi"))
+    )
+    assert f"test/colour: {colour}" in proc.stdout
 
 
 def test_train_resumes_from_the_newest_checkpoint(trained_workdir, tmp_path):

@@ -97,26 +97,64 @@ def test_two_processes_train_like_one_and_restore_collectively(tmp_path, referen
     assert_same_training(workdir, reference_workdir)
 
 
+def randomise_zero_kernels(params, seed: int = 0):
+    """``params`` with every all-zero kernel (the UNet's output layer, the last conv of each
+    residual branch, the attention projections: zero at initialisation) drawn from
+    N(0, 1 / fan_in), keeping each array's sharding."""
+    rng = np.random.default_rng(seed)
+
+    def draw(x):
+        if x.ndim < 2 or np.any(np.asarray(x)):
+            return x
+        fan_in = int(np.prod(x.shape[:-1]))
+        new = rng.normal(0.0, fan_in**-0.5, x.shape).astype(x.dtype)
+        return jax.device_put(new, x.sharding)
+
+    return jax.tree.map(draw, params)
+
+
 def test_bfloat16_loss_parity():
-    """bfloat16 compute, float32 state: the loss of the same steps agrees to 2% (stated)."""
+    """bfloat16 compute, float32 state: the model's outputs and the loss of the same steps agree.
+
+    At initialisation the UNet's output layer and residual branches are zero, so its output is
+    0 in any dtype and the loss is the target's mean square: parity there proves nothing. The
+    zero kernels are drawn at random first, so that every layer reaches the output. Measured on
+    this state: the bfloat16 output differs from the float32 one by 1.7% (relative L2; 9.5% with
+    the timestep embedding computed from bfloat16 timesteps, 0 when the model runs in float32),
+    the losses of the two training steps by 1.6e-4 and 3.9e-4 relative.
+    """
     config = experiment_config("ddpm", "smoke")
     bf16 = experiment_config("ddpm", "smoke")
     bf16.model.dtype = "bfloat16"
     mesh = mesh_lib.make_mesh(config)
     source = data_lib.build_source(config.data, "train")
     batch = mesh_lib.to_global(workdir_lib.example_batch(source, 8), mesh)
-    losses = {}
+    state = workdir_lib.init_state(build_pipeline(config), config, mesh, source)
+    # After the warmup (learning rate 0 at step 0), so that the steps move the parameters. (The
+    # same shardings as the steps' outputs: else the second step compiles again.)
+    warm = jax.device_put(np.int32(config.train.warmup_steps), state.step.sharding)
+    state = state.replace(params=randomise_zero_kernels(state.params), step=warm)
+    # The denoiser's output on the same inputs, at timesteps across the schedule.
+    x_t = jax.random.normal(jax.random.key(3), (8, 16, 16, 3))
+    t = jax.numpy.arange(8) * 125 + 17
+    outputs, losses = {}, {}
     for name, cfg in (("f32", config), ("bf16", bf16)):
         pipeline = build_pipeline(cfg)
-        state = workdir_lib.init_state(pipeline, cfg, mesh, source)
+        apply = jax.jit(lambda p, m=pipeline.model: m.apply({"params": p}, x_t, t, batch["tokens"]))
+        outputs[name] = np.asarray(apply(state.params["unet"]), np.float32)
         step = jax.jit(pipeline.train_step)
-        losses[name] = []
-        for i in range(5):
-            state, metrics = step(state, batch, jax.random.key(i))
+        s, losses[name] = state, []
+        for i in range(2):
+            s, metrics = step(s, batch, jax.random.key(i))
             losses[name].append(float(metrics["loss"]))
-        dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))}
+        dtypes = {a.dtype for a in jax.tree.leaves((s.params, s.opt_state))}
         assert dtypes <= {np.dtype("float32"), np.dtype("int32")}, dtypes
-    np.testing.assert_allclose(losses["bf16"], losses["f32"], rtol=0.02)
+    ref = outputs["f32"]
+    rel = np.linalg.norm(outputs["bf16"] - ref) / np.linalg.norm(ref)
+    # Above the rounding of the output alone (2^-9): the network did run in bfloat16.
+    assert 0.005 < rel < 0.04, rel
+    assert losses["bf16"] != losses["f32"]
+    np.testing.assert_allclose(losses["bf16"], losses["f32"], rtol=2e-3)
 
 
 def test_bfloat16_model_computes_in_bfloat16():
