@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scale_helpers as sh
-from helpers import copy_workdir, experiment_config, read_jsonl, run_cli
+from helpers import TEST_XLA_FLAGS, copy_workdir, experiment_config, read_jsonl, run_cli
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_cli import assert_clean_error
@@ -71,6 +71,29 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, reference_wo
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Resumed from step {step}" in rerun.stderr
     assert_matches_reference(workdir, reference_workdir)
+
+
+def test_sigterm_on_two_devices_saves_and_resumes_like_one(tmp_path, reference_workdir):
+    """The SIGTERM path with the batch split over 2 fake CPU devices (a subprocess: the test
+    session has one device), so the sharded save, restore and data position are exercised."""
+    from test_scale import assert_same_training
+
+    workdir = tmp_path / "run"
+    two = {"XLA_FLAGS": f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count=2"}
+    log = tmp_path / "terminated.log"
+    proc = sh.start_cli(*sh.smoke_args(workdir), env=two, log=log)
+    sh.wait_for_step(workdir, proc, 5)
+    sh.kill(proc, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "'data': 2" in text and "SIGTERM: saved a checkpoint at step" in text, text[-2000:]
+    step = int(text.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+    assert step < sh.STEPS and max(saved_steps(workdir)) == step
+    rerun = run_cli(*sh.smoke_args(workdir), env=two)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"Resumed from step {step}" in rerun.stderr and "'data': 2" in rerun.stderr
+    # Split over 2 devices the sums run in another order: the same training within rounding.
+    assert_same_training(workdir, reference_workdir)
 
 
 def test_truncated_latest_checkpoint_falls_back_with_a_warning(tmp_path, reference_workdir):
