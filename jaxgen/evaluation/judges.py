@@ -10,6 +10,7 @@ space for a Frechet distance. Every text-to-image pipeline evaluates through
 from collections.abc import Callable
 
 import numpy as np
+from absl import logging
 
 from jaxgen.evaluation import intervals
 from jaxgen.evaluation.frechet import frechet_distance
@@ -202,6 +203,10 @@ def evaluate_generator(
                 raise ValueError("candidates > 1 needs a rerank function.")
             samplers.append((f"best_of_{candidates}/", rerank, {"candidates": candidates}))
         for tag, sample, extra in samplers:
+            # Sampling hundreds of prompts takes minutes on a CPU: say what is being judged.
+            logging.info(
+                "Judging %d %s prompts%s ...", num_samples, split, f" ({tag[:-1]})" * bool(tag)
+            )
             images = np.asarray(sample(state, captions, key, **extra, **options))
             found = judge.score(images, truths)
             fake_feats = judge.features(images)
