@@ -50,6 +50,11 @@ def test_proportion_and_mean_intervals():
     assert np.isnan(intervals.mean("x", [1.0])["x_lo"])
 
 
+def test_a_rate_over_n_items_gets_the_wilson_interval_of_its_count():
+    res = intervals.rate("recall", 0.25, 40)
+    assert (res["recall_lo"], res["recall_hi"]) == intervals.wilson(10, 40)
+
+
 def test_bootstrap_of_a_mean_agrees_with_the_normal_interval():
     x = np.random.default_rng(1).normal(3.0, 2.0, 2000)
     boot = intervals.bootstrap("m", np.mean, x, num_resamples=400)

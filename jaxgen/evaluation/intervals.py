@@ -36,6 +36,12 @@ def proportion(name: str, outcomes) -> dict[str, float]:
     return {name: value, f"{name}_lo": lo, f"{name}_hi": hi}
 
 
+def rate(name: str, value: float, n: int) -> dict[str, float]:
+    """``proportion`` from a rate already computed over ``n`` items (``value * n`` successes)."""
+    lo, hi = wilson(round(float(value) * n), n)
+    return {name: float(value), f"{name}_lo": lo, f"{name}_hi": hi}
+
+
 def mean(name: str, values, z: float = Z95) -> dict[str, float]:
     """``{name: mean, name_lo, name_hi}``: the mean of per-item values with the normal
     approximation of its 95% interval (NaN interval for fewer than 2 values)."""

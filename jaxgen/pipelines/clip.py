@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from jaxgen.data.pixels import to_model_space
-from jaxgen.evaluation import clip_metrics
+from jaxgen.evaluation import clip_metrics, intervals
 from jaxgen.models.clip import CLIP
 from jaxgen.pipelines import state as state_lib
 from jaxgen.pipelines.base import Pipeline
@@ -224,16 +224,19 @@ class CLIPPipeline(Pipeline):
             img = self.embed_images(state, images)
             txt = self.embed_texts(state, captions)
             sim = txt @ img.T
+            n = len(captions)  # every rate below is over n queries, or n_attr for zero-shot
             for k, v in clip_metrics.recall_at_k(sim, keys, keys, (1, 5)).items():
-                results[f"{split}/t2i_recall@{k}"] = v
+                results.update(intervals.rate(f"{split}/t2i_recall@{k}", v, n))
             for k, v in clip_metrics.recall_at_k(sim.T, keys, keys, (1, 5)).items():
-                results[f"{split}/i2t_recall@{k}"] = v
+                results.update(intervals.rate(f"{split}/i2t_recall@{k}", v, n))
             if self.model.parse_classes:  # every field of the caption's parse right
                 from jaxgen.data.shapes import parse_labels
 
                 got = self._chunked(self._parse, self._params(state), self.tokenize(captions))
                 want = np.stack([parse_labels(t) for t in truths])
-                results[f"{split}/parse_accuracy"] = float(np.mean(np.all(got == want, -1)))
+                results.update(
+                    intervals.proportion(f"{split}/parse_accuracy", np.all(got == want, -1))
+                )
             variants = [self.judge.attribute_variants(t) for t in truths]
             for attr in sorted({a for v in variants for a in v}):
                 rows = [i for i, v in enumerate(variants) if attr in v]
@@ -241,9 +244,8 @@ class CLIPPipeline(Pipeline):
                 emb = self.embed_texts(state, flat)
                 bounds = np.cumsum([0] + [len(variants[i][attr]) for i in rows])
                 cands = [emb[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-                results[f"{split}/zero_shot_{attr}"] = clip_metrics.zero_shot_accuracy(
-                    img[rows], cands
-                )
+                accuracy = clip_metrics.zero_shot_accuracy(img[rows], cands)
+                results.update(intervals.rate(f"{split}/zero_shot_{attr}", accuracy, len(rows)))
         return results
 
     def evaluators(self, plan):
