@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import experiment_config, run_cli
 
-from jaxgen.config import base_config
+from jaxgen.config import base_config, load_experiment
 from jaxgen.evaluation import intervals, judges
 from jaxgen.pipelines.base import EvalPlan, check_independent_scorer
 from jaxgen.training import pretrain
@@ -222,3 +222,18 @@ def test_a_run_trains_the_shared_evaluation_clip_once_and_scores_with_it(tmp_pat
         assert res["step"] == 2 and res["images_seen"] == 2 * 8 and res["final"]
         assert res["test/r_precision_lo"] <= res["test/r_precision"] <= res["test/r_precision_hi"]
         assert not (tmp_path / workdir / "pretrain").exists()
+
+
+def test_a_steps_only_run_trains_its_own_pretraining_by_steps_alone(tmp_path, monkeypatch):
+    # clip.py caps itself at 10 minutes. A main run with no minute cap lifts the cap of its own
+    # pretraining runs (so its command pins every step), not of a shared run; a capped main run
+    # leaves theirs alone.
+    monkeypatch.setenv("JAXGEN_SHARED_DIR", str(tmp_path / "shared"))
+    assert load_experiment("clip").train.max_minutes > 0
+    own = pretrain.run_dir(tmp_path, "clip")
+    steps_only = ml_collections.ConfigDict({"train": {"max_minutes": 0.0}})
+    capped = ml_collections.ConfigDict({"train": {"max_minutes": 20.0}})
+    assert pretrain.experiment("clip", own, steps_only).train.max_minutes == 0
+    assert pretrain.experiment("clip", own, capped).train.max_minutes > 0
+    shared = pretrain.shared_dir("clip")
+    assert pretrain.experiment("clip", shared, steps_only).train.max_minutes > 0

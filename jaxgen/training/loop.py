@@ -22,7 +22,6 @@ from absl import logging
 from tqdm import tqdm
 
 from jaxgen import data as data_lib
-from jaxgen.config import load_experiment
 from jaxgen.evaluation.intervals import is_interval_key
 from jaxgen.training import checkpoint as ckpt_lib
 from jaxgen.training import images as images_lib
@@ -54,7 +53,8 @@ def _train_and_evaluate(config, workdir) -> tuple[dict, bool]:
     workdir_lib.save_config(config, workdir)  # as given: "pretrain:<name>" stays relative
     for spec, pretrain_dir in pretrain.pending(config, workdir):
         logging.info("Pretraining %s in %s.", spec, pretrain_dir)
-        results, preempted = _train_and_evaluate(load_experiment(spec), pretrain_dir)
+        pre_config = pretrain.experiment(spec, pretrain_dir, config)
+        results, preempted = _train_and_evaluate(pre_config, pretrain_dir)
         if preempted:  # not done: the next start resumes the pretraining run
             return results, True
         pretrain.mark_done(pretrain_dir, spec)

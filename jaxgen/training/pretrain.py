@@ -7,7 +7,8 @@ finished run leaves ``done.json``; an interrupted one resumes) into ``<workdir>/
 and ``resolve`` replaces the reference by that path. Unreferenced entries cost nothing, so a
 config can offer one that the user switches on with a single override. Training time of a
 pretraining run is its own (its workdir's ``eval.json``), not counted in the main run's
-``train.max_minutes``.
+``train.max_minutes``. A main run trained by its steps alone (``train.max_minutes=0``) trains its
+pretraining runs by their steps alone too, so the same command is the same run on any machine.
 
 A run that several experiments share, such as the evaluation CLIP that scores every family's
 samples, is referred to as ``"shared:<experiment>[:variant]"``: it is trained the same way, once,
@@ -25,6 +26,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from jaxgen.config import load_experiment
 from jaxgen.training.checkpoint import NoCheckpointError
 
 PREFIX = "pretrain:"
@@ -90,6 +92,19 @@ def pending(config: ml_collections.ConfigDict, workdir: str | Path) -> list[tupl
     runs = [(specs[name], run_dir(workdir, name)) for name in sorted(names)]
     runs += [(spec, shared_dir(spec)) for spec in sorted(shared_references(config))]
     return [(spec, sub) for spec, sub in runs if not (sub / DONE_FILE).exists()]
+
+
+def experiment(spec: str, run: Path, config: ml_collections.ConfigDict):
+    """The config that trains pretraining run ``spec`` into ``run`` for the main ``config``.
+
+    A run of the main run's own (``<workdir>/pretrain/<name>``) drops its minute cap when the main
+    run has none, so a steps-only command pins every step it depends on. A shared run keeps its
+    own config: which experiment happened to train it first must not change it.
+    """
+    pre_config = load_experiment(spec)
+    if Path(run) != shared_dir(spec) and not float(config.train.get("max_minutes", 0) or 0):
+        pre_config.train.max_minutes = 0.0
+    return pre_config
 
 
 def mark_done(run: Path, spec: str) -> None:
