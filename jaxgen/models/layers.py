@@ -1,4 +1,5 @@
-"""Shared Flax building blocks: initialisers, group norm, attention, resampling, timestep embedding.
+"""Shared Flax building blocks: initialisers, group norm, attention, transformer blocks,
+resampling, timestep embedding.
 
 Everything here is written for a low op count: XLA on a CPU pays a fixed cost per fused kernel, so
 the blocks avoid reshapes and transposes of large activations and fold affine terms into small
@@ -149,6 +150,70 @@ def attention(
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bnqk,bknd->bqnd", w, v)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN transformer block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
+
+    With a key/value ``cache`` it runs a slice of a longer sequence (an autoregressive decoder's
+    prefill or one decoding step): the slice's keys and values are written into the cache at
+    ``index`` and its queries attend over every cached position the mask allows.
+
+    Attributes:
+      num_heads: attention heads (width must divide by it).
+      mlp_ratio: hidden width of the MLP over the model width.
+      dropout: dropout rate on the attention and MLP outputs.
+      dtype: compute dtype.
+    """
+
+    num_heads: int
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        train: bool = False,
+        cache: tuple[jax.Array, jax.Array] | None = None,
+        index: jax.Array | int = 0,
+    ):
+        """Applies the block.
+
+        Args:
+          x: ``[B, L, W]``.
+          mask: bool ``[B, K]``, True for keys that may be attended to, or ``[B, L, K]`` per
+            query and key (K = L without a cache, the cache length S with one); None: all.
+          train: enables dropout.
+          cache: optional ``(keys, values)``, each ``[B, S, N, W / N]``.
+          index: where in the cache ``x``'s positions go (with a cache).
+
+        Returns:
+          ``[B, L, W]``; with a cache, ``([B, L, W], updated cache)``.
+        """
+        b, length, width = x.shape
+        assert width % self.num_heads == 0, (width, self.num_heads)
+        head_dim = width // self.num_heads
+        h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
+        qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(h)
+        qkv = qkv.reshape(b, length, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if cache is not None:
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), start)
+            cache = (k, v)
+        h = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        h = nn.Dense(width, dtype=self.dtype, name="attn_out")(h.reshape(b, length, width))
+        x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
+        h = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(h)
+        x = x + nn.Dropout(self.dropout, deterministic=not train)(
+            nn.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(h))
+        )
+        return x if cache is None else (x, cache)
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ from jaxgen.data.tokenizer import BOS as BOS_ID
 from jaxgen.data.tokenizer import EOS as EOS_ID
 from jaxgen.data.tokenizer import PAD as PAD_ID
 from jaxgen.data.tokenizer import VOCAB_SIZE as BYTE_VOCAB_SIZE
-from jaxgen.models.layers import Dtype, attention
+from jaxgen.models.layers import Dtype, TransformerBlock
 
 __all__ = ["BOS_ID", "BYTE_VOCAB_SIZE", "EOS_ID", "PAD_ID", "TextEncoder", "masked_mean"]
 
@@ -21,49 +21,6 @@ def masked_mean(seq: jax.Array, mask: jax.Array) -> jax.Array:
     m = mask.astype(jnp.float32)[:, :, None]
     count = jnp.maximum(m.sum(axis=1), 1.0)
     return ((seq.astype(jnp.float32) * m).sum(axis=1) / count).astype(seq.dtype)
-
-
-class EncoderBlock(nn.Module):
-    """Pre-LN transformer block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
-
-    Attributes:
-      num_heads: attention heads (width must divide by it).
-      mlp_ratio: hidden width of the MLP over the model width.
-      dropout: dropout rate on the attention and MLP outputs.
-      dtype: compute dtype.
-    """
-
-    num_heads: int
-    mlp_ratio: int = 4
-    dropout: float = 0.0
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False) -> jax.Array:
-        """Applies the block.
-
-        Args:
-          x: ``[B, L, W]``.
-          mask: bool ``[B, L]``, True for real tokens (keys that may be attended to), or
-            ``[B, L, L]`` per query and key.
-          train: enables dropout.
-
-        Returns:
-          ``[B, L, W]``.
-        """
-        b, length, width = x.shape
-        assert width % self.num_heads == 0, (width, self.num_heads)
-        head_dim = width // self.num_heads
-        h = nn.LayerNorm(dtype=self.dtype, name="ln_attn")(x)
-        qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(h)
-        qkv = qkv.reshape(b, length, 3, self.num_heads, head_dim)
-        h = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask)
-        h = nn.Dense(width, dtype=self.dtype, name="attn_out")(h.reshape(b, length, width))
-        x = x + nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.LayerNorm(dtype=self.dtype, name="ln_mlp")(x)
-        h = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(h)
-        h = nn.Dense(width, dtype=self.dtype, name="mlp_out")(nn.gelu(h))
-        return x + nn.Dropout(self.dropout, deterministic=not train)(h)
 
 
 class TextEncoder(nn.Module):
@@ -135,7 +92,7 @@ class TextEncoder(nn.Module):
         if self.causal:
             attn_mask = mask[:, None, :] & jnp.tril(jnp.ones((length, length), bool))[None]
         for i in range(self.depth):
-            x = EncoderBlock(
+            x = TransformerBlock(
                 self.num_heads, self.mlp_ratio, self.dropout, self.dtype, name=f"block_{i}"
             )(x, attn_mask, train)
         seq = nn.LayerNorm(dtype=self.dtype, name="ln_final")(x)

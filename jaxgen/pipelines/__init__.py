@@ -7,6 +7,7 @@ from jaxgen.pipelines.base import Pipeline
 # name -> "module:Class"; imported lazily so one family's dependencies never load for another.
 PIPELINES = {
     "clip": "jaxgen.pipelines.clip:CLIPPipeline",
+    "dalle": "jaxgen.pipelines.dalle:DALLEPipeline",
     "ddpm": "jaxgen.pipelines.ddpm:DDPMPipeline",
     "dvae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
     "gan_int_cls": "jaxgen.pipelines.gan_int_cls:GANINTCLSPipeline",

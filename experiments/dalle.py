@@ -1,0 +1,74 @@
+"""DALL-E (Ramesh et al. 2021): a transformer over caption bytes and dVAE image tokens.
+
+Variants (``--config=experiments/dalle.py:<arg>``, comma-separated):
+  (none) / shapes   the embedded ``shapes`` dataset at 32x32: 8x8 tokens of a dVAE trained
+                    first into <workdir>/pretrain/tokenizer (experiments/dvae.py)
+  digits            scikit-learn's handwritten digits with captions
+  maskgit           MaskGIT (Chang et al. 2022): bidirectional over masked image tokens,
+                    decoded in sample.maskgit_steps parallel steps
+  vqgan             the VQGAN tokenizer (experiments/vqgan.py) instead of the dVAE
+  smoke             a tiny version that runs in under a minute on a CPU
+
+The numbers behind the settings are in docs/results/dalle.md.
+"""
+
+import ml_collections
+
+from jaxgen.config import base_config, make_smoke, split_variant
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    dataset, options = split_variant(arg, "dalle.py", ("shapes", "digits"), ("maskgit", "vqgan"))
+    smoke = "smoke" in options
+    config = base_config("dalle", dataset)
+
+    # Stage 1: the tokenizer, trained first into <workdir>/pretrain/tokenizer (a path reuses a
+    # trained dvae/vqgan/vqvae workdir).
+    tokenizer = "vqgan" if "vqgan" in options else "dvae"
+    config.pretrain.tokenizer = tokenizer + (":digits" if dataset == "digits" else "")
+    config.model.tokenizer = "pretrain:tokenizer"
+
+    # Stage 2: the transformer over [caption bytes (data.max_text_len) ; grid x grid tokens].
+    config.model.causal = "maskgit" not in options
+    config.model.transformer = ml_collections.ConfigDict(
+        dict(width=256, depth=4, num_heads=4, mlp_ratio=4, dropout=0.0)
+    )
+    config.dalle = ml_collections.ConfigDict(
+        dict(
+            text_loss_weight=1.0 / 8.0,  # the paper's 1/8 text, 7/8 image (autoregressive)
+            cond_drop_prob=0.1,  # captions dropped to all-PAD, for guidance
+        )
+    )
+    config.train.update(
+        dict(steps=2000, batch_size=64, learning_rate=5e-4, warmup_steps=100, weight_decay=0.01)
+    )
+    config.train.update(dict(max_minutes=40.0, checkpoint_every=500))
+
+    config.sample.update(
+        dict(
+            temperature=1.0,  # 0: greedy
+            top_k=0,  # 0: off
+            top_p=1.0,  # 1: off
+            guidance_scale=3.0,  # 1: off
+            maskgit_steps=8,
+            batch_size=64,
+            every_steps=500,
+        )
+    )
+    # Best of k by the run's own CLIP (the DDPM's), beside the single-sample numbers.
+    config.pretrain.clip = "clip:joint,parse" if dataset == "shapes" else "clip:digits"
+    config.sample.rerank = 4
+    config.sample.rerank_clip = "pretrain:clip"
+    config.eval.clip_workdir = (
+        "shared:clip:eval" if dataset == "shapes" else "shared:clip:digits,eval"
+    )
+    config.eval.val_num_samples = 64
+    config.eval.every_minutes = 20.0
+
+    if smoke:
+        config.model.transformer.update(dict(width=32, depth=1, num_heads=2))
+        make_smoke(config, steps=8, batch_size=8, log_every=4)
+        config.sample.update(dict(rerank=1, rerank_clip="", batch_size=8))
+        config.eval.update(dict(clip_workdir="", num_samples=8, val_num_samples=8))
+        del config.pretrain["clip"]
+    return config
