@@ -125,8 +125,8 @@ class Matmul:
 class Trainer:
     """The loop's jitted, donated train step on one pipeline, timed step by step."""
 
-    def __init__(self, config, mesh, source, iterator):
-        self.pipeline = build_pipeline(config)
+    def __init__(self, config, mesh, source, iterator, pipeline=None):
+        self.pipeline = pipeline or build_pipeline(config)
         self.mesh = mesh
         self.iterator = iterator
         self.state = workdir_lib.init_state(self.pipeline, config, mesh, source)
@@ -171,8 +171,9 @@ class Trainer:
         return self.batch_size / median(self.times[key])
 
 
-def train_throughput(config, label: str, steps: int) -> dict:
-    """Images/s of the loop's train step on ``config`` with real batches, after one warmup step."""
+def train_throughput(config, label: str, steps: int, pipeline=None) -> dict:
+    """Images/s of the loop's train step on ``config`` with real batches, after one warmup step
+    (``pipeline``: one built already, e.g. on a tokenizer that is not in a workdir)."""
     from jaxgen import data as data_lib
 
     mesh = mesh_lib.make_mesh(config)
@@ -180,7 +181,7 @@ def train_throughput(config, label: str, steps: int) -> dict:
     iterator = data_lib.make_batch_iterator(
         source, batch_size=int(config.train.batch_size), seed=config.seed
     )
-    trainer = Trainer(config, mesh, source, iterator)
+    trainer = Trainer(config, mesh, source, iterator, pipeline)
     trainer.warmup(1)
     trainer.run(steps, with_data=True)
     img_s = trainer.img_s("data")

@@ -166,3 +166,29 @@ def test_ddpm_speed_reports_training_sampling_and_the_unconditional_step(tmp_pat
     # The unconditional UNet has fewer parameters (no text encoder, no cross-attention).
     assert 0 < r["train_uncond"]["params"] < r["train"]["params"]
     assert "step rate / matmul rate" in proc.stdout and "sampler / (2 x forward)" in proc.stdout
+
+
+def test_dalle_speed_reports_training_the_cache_the_sampler_and_maskgit(tmp_path):
+    out = tmp_path / "dalle.json"
+    proc = run_benchmark(
+        "dalle_speed.py",
+        "--config=experiments/dalle.py:smoke",
+        "--steps=1",
+        "--batch=4",
+        "--repeats=1",
+        f"--json_out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["image_tokens"] == 16 and r["maskgit_steps"] == 8 and r["guidance"]
+    # Each ratio is its two timings' quotient, as printed.
+    assert r["image_tokens_per_second"] == r["images_per_second"] * 16
+    ratio = r["cached_tokens_per_second"] / r["recompute_tokens_per_second"]
+    assert abs(r["cached_over_recompute"] - ratio) < 1e-9 * ratio
+    ratio = r["maskgit_images_per_second"] / r["autoregressive_images_per_second"]
+    assert abs(r["maskgit_over_autoregressive"] - ratio) < 1e-9 * ratio
+    assert 0 < r["encode_share_of_step"] and 0 < r["sampler_over_steps"]
+    rows = {row[0]: row[1] for row in table_rows(proc.stdout)}
+    assert rows["cached / recompute"] == f"{r['cached_over_recompute']:.2f}"
+    proc = run_benchmark("dalle_speed.py", "--config=experiments/dalle.py:smoke", "--set=x=1")
+    assert_one_error_line(proc, "Unknown config key")
