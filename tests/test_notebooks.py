@@ -38,6 +38,7 @@ def outputs_text(nb) -> str:
 # Notebook -> the experiment whose smoke run it ends with (its WORKDIR's eval.json), and an
 # evaluation key the notebook prints.
 EXPERIMENTS = {
+    "dalle": ("dalle", "test/colour"),
     "ddpm": ("ddpm", "test/colour"),
     "gan_int_cls": ("gan_int_cls", "test/colour"),
     "tokenizers": ("vqgan", "test/psnr"),
