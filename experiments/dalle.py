@@ -26,6 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # trained dvae/vqgan/vqvae workdir).
     tokenizer = "vqgan" if "vqgan" in options else "dvae"
     config.pretrain.tokenizer = tokenizer + (":digits" if dataset == "digits" else "")
+    if dataset == "digits":
+        config.data.image_size = 16  # the 8x8 originals, as the digits tokenizers read them
     config.model.tokenizer = "pretrain:tokenizer"
 
     # Stage 2: the transformer over [caption bytes (data.max_text_len) ; grid x grid tokens].

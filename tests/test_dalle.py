@@ -342,6 +342,21 @@ def test_generate_complete_and_bad_input(causal, pipelines):
     assert (out[:, 2 * grid :] != tok_in[:, 2 * grid :]).any()
     done = pipe.complete(state, prompts, real, rows=2, rng=jax.random.key(1))
     np.testing.assert_array_equal(done, pipe._decode(state.params["tokenizer"], out))
+    keep = np.random.default_rng(0).random((2, grid, grid)) < 0.5
+    if causal:
+        with pytest.raises(ValueError, match="bidirectional"):
+            pipe.inpaint(state, prompts, real, keep, jax.random.key(2))
+    else:
+        filled = pipe.inpaint(state, prompts, real, keep, jax.random.key(2))
+        out = pipe.sample_tokens(
+            state, prompts, jax.random.key(2), prefix=tok_in, given=keep.reshape(2, -1)
+        )
+        np.testing.assert_array_equal(
+            out.reshape(keep.shape)[keep], tok_in.reshape(keep.shape)[keep]
+        )
+        np.testing.assert_array_equal(filled, pipe._decode(state.params["tokenizer"], out))
+        with pytest.raises(ValueError, match="keep must be bool"):
+            pipe.inpaint(state, prompts, real, keep[:1], jax.random.key(2))
     with pytest.raises(tokenizer.PromptError):
         pipe.generate(state, [""], jax.random.key(0))
     with pytest.raises(tokenizer.PromptError):
@@ -352,6 +367,15 @@ def test_generate_complete_and_bad_input(causal, pipelines):
         pipe.generate(state, prompts, jax.random.key(0), num_steps=3)
     with pytest.raises(ValueError, match="rows"):
         pipe.complete(state, prompts, real, rows=grid + 1, rng=jax.random.key(1))
+
+
+@pytest.mark.parametrize("variant", [None, "digits", "vqgan", "maskgit", "smoke", "digits,smoke"])
+def test_each_variant_reads_the_images_its_tokenizer_was_trained_on(variant):
+    config = experiment_config("dalle", variant)
+    tokenizer = experiment_config(*config.pretrain.tokenizer.split(":"))
+    assert tokenizer.pipeline in ("dvae", "vqgan")
+    assert tokenizer.data.name == config.data.name
+    assert tokenizer.data.image_size == config.data.image_size
 
 
 def test_bad_configs_are_refused():

@@ -317,6 +317,25 @@ class DALLEPipeline(Pipeline):
         out = self.sample_tokens(state, prompts, rng, prefix=tokens, given=given, **options)
         return np.asarray(self._decode(state.params["tokenizer"], jnp.asarray(out)))
 
+    def inpaint(self, state, prompts, images, keep, rng, **options) -> np.ndarray:
+        """MaskGIT only: keeps the image tokens where the bool ``keep`` ``[N, grid, grid]`` is
+        True and samples the others under the caption. Returns uint8 ``[N, H, W, 3]``."""
+        if self.causal:
+            raise ValueError(
+                "Inpainting any mask needs the bidirectional model (experiments/dalle.py:maskgit); "
+                "the autoregressive one completes from the top rows (complete)."
+            )
+        grid = self.model.grid
+        keep = np.asarray(keep, bool)
+        if keep.shape != (len(prompts), grid, grid):
+            raise ValueError(
+                f"keep must be bool [{len(prompts)}, {grid}, {grid}], got {keep.shape}."
+            )
+        tokens = np.asarray(self.encode(state.params["tokenizer"], jnp.asarray(images)))
+        given = keep.reshape(len(prompts), -1)
+        out = self.sample_tokens(state, prompts, rng, prefix=tokens, given=given, **options)
+        return np.asarray(self._decode(state.params["tokenizer"], jnp.asarray(out)))
+
     # -- evaluation ---------------------------------------------------------------------------
     def evaluators(self, plan):
         if not self.judge.has_truth:
