@@ -80,6 +80,13 @@ def test_bootstrap_interval_of_a_frechet_distance_holds_it():
         for _ in range(50)
     ]
     assert np.median(draws) > res["fd"]  # the bias the shift removes
+    # Near copies (reconstructions of the real images): the distance is near 0 and the shift
+    # would carry the lower end below it (a distance cannot be negative); the floor clips it.
+    same = real + rng.normal(0.0, 0.01, real.shape)
+    free = intervals.bootstrap("fd", frechet_distance, same, real, num_resamples=100)
+    assert free["fd_lo"] < 0
+    floored = intervals.bootstrap("fd", frechet_distance, same, real, num_resamples=100, floor=0)
+    assert floored["fd_lo"] == 0 and floored["fd_hi"] == free["fd_hi"]
 
 
 def test_results_print_with_their_intervals():

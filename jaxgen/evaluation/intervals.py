@@ -59,13 +59,15 @@ def bootstrap(
     *samples: np.ndarray,
     num_resamples: int = 200,
     seed: int = 0,
+    floor: float | None = None,
 ) -> dict[str, float]:
     """``{name: statistic(*samples), name_lo, name_hi}`` with a bias-shifted percentile
     bootstrap: each sample (e.g. generated and real features) is resampled with replacement on
     its own, and the 2.5-97.5 percentile range of the draws is moved by their bias (median of
     the draws minus the value). A resample repeats items, which inflates a statistic such as a
     Frechet distance: the plain percentile interval of a Frechet distance can lie wholly above
-    the value it is meant to hold."""
+    the value it is meant to hold. The shift can carry the lower end below a bound the statistic
+    cannot cross (a distance near 0): ``floor`` clips it there."""
     rng = np.random.default_rng(seed)
     value = float(statistic(*samples))
     draws = [
@@ -73,9 +75,10 @@ def bootstrap(
         for _ in range(num_resamples)
     ]
     lo, mid, hi = np.percentile(draws, [2.5, 50.0, 97.5])
+    lo = value - (mid - lo)
     return {
         name: value,
-        f"{name}_lo": float(value - (mid - lo)),
+        f"{name}_lo": float(lo if floor is None else max(lo, floor)),
         f"{name}_hi": float(value + (hi - mid)),
     }
 

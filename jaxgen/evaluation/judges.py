@@ -212,7 +212,9 @@ def evaluate_generator(
             fake_feats = judge.features(images)
             if fake_feats is not None:
                 found.update(
-                    intervals.bootstrap("frechet", frechet_distance, fake_feats, real_feats)
+                    intervals.bootstrap(
+                        "frechet", frechet_distance, fake_feats, real_feats, floor=0.0
+                    )
                 )
             if embedder is not None:
                 from jaxgen.evaluation import clip_metrics

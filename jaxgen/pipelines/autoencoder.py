@@ -588,6 +588,7 @@ class AutoencoderPipeline(Pipeline):
                         frechet_distance,
                         self.judge.features(recon),
                         self.judge.features(real),
+                        floor=0.0,
                     )
                 )
             out.update({f"{split}/{k}": v for k, v in found.items()})
@@ -612,6 +613,7 @@ class AutoencoderPipeline(Pipeline):
                     frechet_distance,
                     self.judge.features(samples),
                     self.judge.features(real),
+                    floor=0.0,
                 )
             )
         return out
