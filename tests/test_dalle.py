@@ -125,6 +125,15 @@ def test_kv_cached_logits_equal_a_full_recompute():
         )
         cached.append(logits)
     np.testing.assert_allclose(np.stack(cached, 1), full, rtol=1e-4, atol=1e-4)
+    # MaskGIT: the caption, read once into the cache, gives every step the full forward's
+    # logits (the caption does not read the image, so its keys and values never change).
+    bi = _model(causal=False)
+    bi_params = _random_params(bi, 4)
+    _, cache = bi.apply({"params": bi_params}, text, bi.init_cache(2), method=bi.prefill)
+    for masked in (image, image.at[:, ::2].set(bi.mask_id)):
+        _, full = bi.apply({"params": bi_params}, text, masked)
+        got = bi.apply({"params": bi_params}, masked, cache, method=bi.masked_logits)
+        np.testing.assert_allclose(got, full, rtol=1e-4, atol=1e-4)
 
 
 def _greedy_by_recompute(model, params, text, scale=1.0, uncond=None, prefix=None, m=0):

@@ -144,7 +144,8 @@ def maskgit(
     """Image tokens ``[B, N]`` of a bidirectional ``TokenTransformer`` in ``steps`` parallel
     steps (MaskGIT's decode, Chang et al. 2022).
 
-    Every step predicts all masked tokens at once, draws one per position, and keeps the most
+    The caption is read into a key/value cache once; every step then runs the image positions
+    alone, predicts all masked tokens at once, draws one per position, and keeps the most
     confident; the rest are masked again, as many as the cosine schedule says
     (``masked_counts`` of the tokens not given), so the last step fills every position.
     Confidence is the drawn token's log-probability plus Gumbel noise scaled by
@@ -166,13 +167,17 @@ def maskgit(
         tokens = jnp.zeros((b, n), jnp.int32)
     tokens = jnp.where(given, tokens, model.mask_id).astype(jnp.int32)
     unknown = jnp.sum(~given, axis=-1)
+    # The caption reads only the caption: its keys and values are computed once, here.
+    _, cache = model.apply(
+        {"params": params}, text, model.init_cache(text.shape[0]), method=model.prefill
+    )
 
     def step(carry, t):
         tokens, prev, rng = carry
         rng, draw_rng, noise_rng = jax.random.split(rng, 3)
         masked = tokens == model.mask_id
         fed = jnp.concatenate([tokens, tokens]) if guided else tokens
-        _, logits = model.apply({"params": params}, text, fed)
+        logits = model.apply({"params": params}, fed, cache, method=model.masked_logits)
         logits = _guided(logits, guidance_scale)
         if temperature > 0:
             logits = filter_logits(logits / temperature, top_k, top_p)

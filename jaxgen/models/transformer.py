@@ -117,11 +117,8 @@ class TokenTransformer(nn.Module):
         x = jnp.concatenate([self.embed_text(text), self.embed_image(image)], axis=1)
         x = self.drop(x, deterministic=not train)
         length = x.shape[1]
-        mask = None
-        if self.causal:
-            mask = jnp.broadcast_to(
-                jnp.tril(jnp.ones((length, length), bool)), (x.shape[0],) + (length,) * 2
-            )
+        mask = self.attention_mask(jnp.arange(length), jnp.arange(length))
+        mask = jnp.broadcast_to(mask, (x.shape[0], length, length))
         for block in self.blocks:
             x = block(x, mask, train)
         h = self.ln_final(x)
@@ -131,7 +128,17 @@ class TokenTransformer(nn.Module):
         text_logits = self.text_head(h[:, : L - 1]).astype(jnp.float32)
         return text_logits, self.image_head(h[:, L - 1 :]).astype(jnp.float32)
 
-    # -- autoregressive decoding with a key/value cache --------------------------------------
+    def attention_mask(self, query: jax.Array, key: jax.Array) -> jax.Array:
+        """bool ``[Q, K]``: which stream positions ``key`` each position in ``query`` reads.
+
+        Autoregressive: itself and everything before it. Bidirectional: the caption reads only
+        the caption (so its keys and values are computed once per decode, not once per MaskGIT
+        step); an image token reads everything."""
+        if self.causal:
+            return key[None, :] <= query[:, None]
+        return (key[None, :] < self.text_len) | (query[:, None] >= self.text_len)
+
+    # -- decoding with a key/value cache -----------------------------------------------------
     def init_cache(self, batch: int) -> KVCache:
         """Empty keys and values for the whole stream, one pair per block."""
         heads, dim = self.num_heads, self.width // self.num_heads
@@ -139,11 +146,12 @@ class TokenTransformer(nn.Module):
         return [(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))] * self.depth
 
     def _cached(self, x: jax.Array, cache: KVCache, start) -> tuple[jax.Array, KVCache]:
-        """Runs stream positions ``start..start+len-1`` through the blocks with the cache."""
+        """Runs stream positions ``start..start+len-1`` through the blocks with the cache; a
+        position reads the cached ones ``attention_mask`` allows (unwritten ones are never
+        allowed: they lie after it, or, bidirectionally, are image positions written with it)."""
         b, length, _ = x.shape
         size = cache[0][0].shape[1]
-        query = start + jnp.arange(length)
-        mask = jnp.arange(size)[None, :] <= query[:, None]  # causal over the cache
+        mask = self.attention_mask(start + jnp.arange(length), jnp.arange(size))
         mask = jnp.broadcast_to(mask, (b, length, size))
         new = []
         for block, kv in zip(self.blocks, cache, strict=True):
@@ -152,7 +160,8 @@ class TokenTransformer(nn.Module):
         return self.ln_final(x), new
 
     def prefill(self, text: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """Reads the caption into the cache; returns the logits of image token 0 ``[B, K]``."""
+        """Reads the caption into the cache; returns the logits of image token 0 ``[B, K]``
+        (autoregressive; MaskGIT ignores them)."""
         h, cache = self._cached(self.embed_text(text), cache, 0)
         return self.image_head(h[:, -1]).astype(jnp.float32), cache
 
@@ -161,3 +170,9 @@ class TokenTransformer(nn.Module):
         x = self.embed_image(token[:, None], j)
         h, cache = self._cached(x, cache, self.text_len + j)
         return self.image_head(h[:, -1]).astype(jnp.float32), cache
+
+    def masked_logits(self, image: jax.Array, cache: KVCache) -> jax.Array:
+        """Bidirectional: logits ``[B, N, K]`` of every image position for tokens ``[B, N]``
+        (``mask_id`` where masked), reading the caption from a ``prefill``-ed cache."""
+        h, _ = self._cached(self.embed_image(image), cache, self.text_len)
+        return self.image_head(h).astype(jnp.float32)
