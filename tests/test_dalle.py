@@ -376,6 +376,12 @@ def test_generate_complete_and_bad_input(causal, pipelines):
         pipe.generate(state, prompts, jax.random.key(0), num_steps=3)
     with pytest.raises(ValueError, match="rows"):
         pipe.complete(state, prompts, real, rows=grid + 1, rng=jax.random.key(1))
+    with pytest.raises(ValueError, match="one per prompt"):
+        pipe.complete(state, prompts, real[:1], rows=1, rng=jax.random.key(1))
+    with pytest.raises(ValueError, match="uint8"):
+        pipe.complete(state, prompts, real / 255.0, rows=1, rng=jax.random.key(1))
+    with pytest.raises(ValueError, match="needs `given`"):
+        pipe.sample_tokens(state, prompts, jax.random.key(1), prefix=tok_in)
 
 
 @pytest.mark.parametrize("variant", [None, "digits", "vqgan", "maskgit", "smoke", "digits,smoke"])

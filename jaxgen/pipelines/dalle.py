@@ -236,8 +236,7 @@ class DALLEPipeline(Pipeline):
             top_k=top_k,
             top_p=top_p,
         )
-        if self.causal:
-            # The autoregressive decode keeps a prefix; a given mask must be one.
+        if self.causal:  # ``given``: how many leading tokens of ``prefix`` stay
             return token_sampling.autoregressive(
                 self.model, params, text, rng, prefix=prefix, prefix_len=given, **common
             )
@@ -268,6 +267,8 @@ class DALLEPipeline(Pipeline):
         if prefix is None:
             prefix = np.zeros((n, length), np.int32)
             given = 0 if self.causal else np.zeros((n, length), bool)
+        elif given is None:
+            raise ValueError("A prefix needs `given`: which of its tokens to keep.")
         chunk = int(batch_size or self.config.sample.batch_size)
         padded = -(-n // chunk) * chunk
 
@@ -300,6 +301,17 @@ class DALLEPipeline(Pipeline):
         tokens = self.sample_tokens(state, prompts, rng, batch_size=batch_size, **options)
         return np.asarray(self._decode(state.params["tokenizer"], jnp.asarray(tokens)))
 
+    def _encode_images(self, state, prompts, images) -> np.ndarray:
+        """Tokens ``[N, grid * grid]`` of uint8 ``[N, S, S, 3]`` images, one per prompt."""
+        images = np.asarray(images)
+        size = int(self.config.data.image_size)
+        if images.dtype != np.uint8 or images.shape != (len(prompts), size, size, 3):
+            raise ValueError(
+                f"images must be uint8 [{len(prompts)}, {size}, {size}, 3] (one per prompt), "
+                f"got {images.dtype} {list(images.shape)}."
+            )
+        return np.asarray(self.encode(state.params["tokenizer"], jnp.asarray(images)))
+
     def complete(self, state, prompts, images, rows: int, rng, **options) -> np.ndarray:
         """The paper's image completion: keeps the top ``rows`` rows of each image's tokens and
         samples the rest under its caption. ``images``: uint8 ``[N, H, W, 3]``, one per prompt.
@@ -307,10 +319,7 @@ class DALLEPipeline(Pipeline):
         grid = self.model.grid
         if not 0 <= rows <= grid:
             raise ValueError(f"rows must be in [0, {grid}], got {rows}.")
-        images = np.asarray(images)
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images.")
-        tokens = np.asarray(self.encode(state.params["tokenizer"], jnp.asarray(images)))
+        tokens = self._encode_images(state, prompts, images)
         given = rows * grid
         if not self.causal:
             given = np.broadcast_to(np.arange(grid * grid) < given, tokens.shape)
@@ -331,7 +340,7 @@ class DALLEPipeline(Pipeline):
             raise ValueError(
                 f"keep must be bool [{len(prompts)}, {grid}, {grid}], got {keep.shape}."
             )
-        tokens = np.asarray(self.encode(state.params["tokenizer"], jnp.asarray(images)))
+        tokens = self._encode_images(state, prompts, images)
         given = keep.reshape(len(prompts), -1)
         out = self.sample_tokens(state, prompts, rng, prefix=tokens, given=given, **options)
         return np.asarray(self._decode(state.params["tokenizer"], jnp.asarray(out)))
@@ -346,8 +355,9 @@ class DALLEPipeline(Pipeline):
         return evaluators
 
     def sampler_speed(self, state, rng) -> dict[str, float]:
-        """Image tokens per second of ``generate``'s compiled decode (one batch of
-        ``sample.batch_size`` prompts, after a compiling call; tokens included in the decode)."""
+        """Image tokens (and images) per second of the compiled decode on one batch of
+        ``sample.batch_size`` prompts with the config's sampling settings, timed after a
+        compiling call; the tokenizer's decoder is not included."""
         prompts = self.judge.prompts("val", int(self.config.sample.batch_size), seed=2)[0]
         self.sample_tokens(state, prompts, rng)  # compiles
         start = time.perf_counter()
