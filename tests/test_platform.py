@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_registry_lists_valid_pipelines_on_unknown_name():
     assert get_pipeline_class("ddpm").__name__ == "DDPMPipeline"
-    with pytest.raises(ValueError, match="Valid pipelines: clip, ddpm"):
+    with pytest.raises(ValueError, match="Valid pipelines: clip, dalle, ddpm"):
         get_pipeline_class("nope")
     assert set(PIPELINES) >= {"ddpm"}
 
