@@ -45,6 +45,12 @@ from jaxgen import data as data_lib  # noqa: E402
 from jaxgen.config import apply_overrides, load_experiment  # noqa: E402
 from jaxgen.models import token_sampling  # noqa: E402
 from jaxgen.pipelines import build_pipeline, dalle  # noqa: E402
+from jaxgen.training import workdir as workdir_lib  # noqa: E402
+
+
+def example_batch(config) -> dict:
+    """Two training examples of ``config``'s dataset, for ``init``."""
+    return workdir_lib.example_batch(data_lib.build_source(config.data, "train"), 2)
 
 
 def tokenizer_run(config):
@@ -53,8 +59,7 @@ def tokenizer_run(config):
     tok_config = load_experiment(spec)
     tok_config.data.image_size = config.data.image_size
     pipe = build_pipeline(tok_config)
-    src = data_lib.build_source(tok_config.data, "train")
-    batch = {k: np.stack([src[i][k] for i in range(2)]) for k in ("image", "tokens")}
+    batch = example_batch(tok_config)
     return types.SimpleNamespace(
         config=tok_config, pipeline=pipe, state=pipe.init(jax.random.key(0), batch)
     )
@@ -63,8 +68,7 @@ def tokenizer_run(config):
 def build(config, run):
     """The DALL-E pipeline on ``run``'s tokenizer and a fresh state."""
     pipe = dalle.DALLEPipeline(config, load_run=lambda path: run)
-    src = data_lib.build_source(config.data, "train")
-    batch = {k: np.stack([src[i][k] for i in range(2)]) for k in ("image", "tokens")}
+    batch = example_batch(config)
     return pipe, pipe.warm_start(pipe.init(jax.random.key(1), batch))
 
 

@@ -42,9 +42,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
     config.train.update(
-        dict(steps=2000, batch_size=64, learning_rate=5e-4, warmup_steps=100, weight_decay=0.01)
+        dict(
+            steps=2000,
+            batch_size=64,
+            learning_rate=5e-4,
+            warmup_steps=100,
+            weight_decay=0.01,
+            max_minutes=40.0,
+            checkpoint_every=500,
+        )
     )
-    config.train.update(dict(max_minutes=40.0, checkpoint_every=500))
 
     config.sample.update(
         dict(

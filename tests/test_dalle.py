@@ -300,11 +300,11 @@ def test_caption_dropout_rate_and_rows():
 def pipelines():
     """causal -> (pipeline, state, batch) on an untrained smoke dVAE (no workdir on disk)."""
     from jaxgen import data as data_lib
+    from jaxgen.training import workdir as workdir_lib
 
     tok_config = experiment_config("dvae", "smoke")
     tok_pipe = build_pipeline(tok_config)
-    src = data_lib.build_source(tok_config.data, "train")
-    batch = {k: np.stack([src[i][k] for i in range(4)]) for k in ("image", "tokens")}
+    batch = workdir_lib.example_batch(data_lib.build_source(tok_config.data, "train"), 4)
     tok_run = types.SimpleNamespace(
         config=tok_config, pipeline=tok_pipe, state=tok_pipe.init(jax.random.key(0), batch)
     )

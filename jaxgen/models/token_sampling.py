@@ -54,6 +54,13 @@ def guide(cond: jax.Array, uncond: jax.Array, scale: float) -> jax.Array:
     return uncond + scale * (cond - uncond)
 
 
+def _with_uncond(text: jax.Array, uncond_text: jax.Array | None) -> jax.Array:
+    """Captions ``[B, L]`` -> ``[cond ; uncond]`` ``[2B, L]``, the batch guidance runs."""
+    if uncond_text is None:
+        raise ValueError("Guidance needs the unconditional caption tokens (uncond_text).")
+    return jnp.concatenate([text, jnp.broadcast_to(uncond_text, text.shape)])
+
+
 def _guided(logits: jax.Array, scale: float) -> jax.Array:
     """Logits of a doubled batch ``[cond ; uncond]`` -> guided logits of the first half."""
     if scale == 1.0:
@@ -86,10 +93,7 @@ def autoregressive(
     """
     b, n = text.shape[0], model.num_image_tokens
     guided = guidance_scale != 1.0
-    if guided:
-        if uncond_text is None:
-            raise ValueError("Guidance needs the unconditional caption tokens (uncond_text).")
-        text = jnp.concatenate([text, jnp.broadcast_to(uncond_text, text.shape)])
+    text = _with_uncond(text, uncond_text) if guided else text
     if prefix is None:
         prefix = jnp.zeros((b, n), jnp.int32)
     cache = model.init_cache(text.shape[0])
@@ -157,10 +161,7 @@ def maskgit(
     """
     b, n = text.shape[0], model.num_image_tokens
     guided = guidance_scale != 1.0
-    if guided:
-        if uncond_text is None:
-            raise ValueError("Guidance needs the unconditional caption tokens (uncond_text).")
-        text = jnp.concatenate([text, jnp.broadcast_to(uncond_text, text.shape)])
+    text = _with_uncond(text, uncond_text) if guided else text
     if given is None:
         given = jnp.zeros((b, n), bool)
     if tokens is None:
