@@ -5,6 +5,8 @@ fixed, e.g. ``--config=experiments/vqgan.py:digits,smoke``. Variants, comma-sepa
   (none) / shapes   the embedded ``shapes`` dataset at 32x32, 8x8 tokens (CPU, <= 20 minutes)
   digits            scikit-learn's digits at 16x16, 4x4 tokens
   cifar10           CIFAR-10 via TFDS at 32x32, 8x8 tokens, a larger network (VQGAN, accelerators)
+  cell              each token reads only its own cell of pixels (``model.encoder="cell"``): the
+                    tokenizer of experiments/dalle.py
   smoke             a tiny version of any of the above that runs in under a minute on a CPU
 
 The measurements behind the settings are in docs/results/autoencoders.md.
@@ -24,13 +26,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"Unknown autoencoder variant {arg!r}: expected <kind>[,<dataset>][,smoke] with kind "
             f"in {', '.join(KINDS)} and dataset in shapes, digits, cifar10."
         )
-    dataset, options = split_variant(rest, f"{kind}.py", ("shapes", "digits", "cifar10"))
+    dataset, options = split_variant(rest, f"{kind}.py", ("shapes", "digits", "cifar10"), ("cell",))
     smoke = "smoke" in options
     if dataset == "cifar10" and kind != "vqgan":
         raise ValueError("The cifar10 variant is VQGAN's (experiments/vqgan.py:cifar10).")
     config = base_config(kind, dataset)
 
     # 2x2 pixels folded into channels, then levels at 16x16 and 8x8: 32x32 images -> 8x8 grid.
+    config.model.encoder = "cell" if "cell" in options else "conv"
     config.model.ch = 64
     config.model.ch_mults = (1, 2)
     config.model.num_res_blocks = 1

@@ -2,7 +2,7 @@
 
 Variants (``--config=experiments/dalle.py:<arg>``, comma-separated):
   (none) / shapes   the embedded ``shapes`` dataset at 32x32: 8x8 tokens of a dVAE trained
-                    first into <workdir>/pretrain/tokenizer (experiments/dvae.py)
+                    first into <workdir>/pretrain/tokenizer (experiments/dvae.py:cell)
   digits            scikit-learn's handwritten digits with captions
   maskgit           MaskGIT (Chang et al. 2022): bidirectional over masked image tokens,
                     decoded in sample.maskgit_steps parallel steps
@@ -24,8 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Stage 1: the tokenizer, trained first into <workdir>/pretrain/tokenizer (a path reuses a
     # trained dvae/vqgan/vqvae workdir).
+    # Its encoder reads each token's own cell of pixels alone (``:cell``), so that one black
+    # background is one code; see docs/results/dalle.md.
     tokenizer = "vqgan" if "vqgan" in options else "dvae"
-    config.pretrain.tokenizer = tokenizer + (":digits" if dataset == "digits" else "")
+    config.pretrain.tokenizer = tokenizer + (":digits,cell" if dataset == "digits" else ":cell")
     if dataset == "digits":
         config.data.image_size = 16  # the 8x8 originals, as the digits tokenizers read them
     config.model.tokenizer = "pretrain:tokenizer"

@@ -15,7 +15,7 @@ import jaxgen
 from jaxgen.config import load_experiment
 from jaxgen.models import bottlenecks as bn
 from jaxgen.models import vgg
-from jaxgen.models.autoencoder import Decoder, Encoder, PatchDiscriminator
+from jaxgen.models.autoencoder import CellEncoder, Decoder, Encoder, PatchDiscriminator
 from jaxgen.pipelines import autoencoder as ae
 from jaxgen.pipelines import build_pipeline
 
@@ -216,6 +216,42 @@ def test_network_shapes_and_dtypes():
     d = PatchDiscriminator(ch=8, num_layers=2)
     p = d.init(jax.random.key(2), x)
     chex.assert_shape(d.apply(p, x), (2, 4, 4))
+
+
+def _changed_positions(encoder, x: jax.Array, pixel: tuple[int, int]) -> np.ndarray:
+    """Which output positions of ``encoder`` move when one pixel of image 0 changes."""
+    params = encoder.init(jax.random.key(0), x)
+    before = encoder.apply(params, x)
+    after = encoder.apply(params, x.at[(0, *pixel, 0)].add(1.0))
+    return np.abs(np.asarray(after - before)).max(-1)[0] > 0
+
+
+def test_cell_encoder_reads_only_its_own_cell():
+    x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    cell = CellEncoder(ch=8, factor=4, depth=2, out_ch=5)
+    out = cell.apply(cell.init(jax.random.key(0), x), x)
+    chex.assert_shape(out, (2, 4, 4, 5))
+    assert out.dtype == jnp.float32
+    # A pixel at (6, 9) lies in cell (1, 2): that output alone moves.
+    expected = np.zeros((4, 4), bool)
+    expected[1, 2] = True
+    np.testing.assert_array_equal(_changed_positions(cell, x, (6, 9)), expected)
+    # The convolutional encoder (3x3 convs, GroupNorm over the image) is not local.
+    conv = Encoder(out_ch=5, ch=8, ch_mults=(1, 2), num_res_blocks=1, patch_size=2)
+    assert _changed_positions(conv, x, (6, 9)).sum() > 1
+    # Identical cells, wherever they are and whatever surrounds them, get identical outputs.
+    params = cell.init(jax.random.key(0), x)
+    y = x.at[0, 12:16, 0:4].set(x[1, 4:8, 8:12])
+    out = np.asarray(cell.apply(params, y))
+    np.testing.assert_allclose(out[0, 3, 0], out[1, 1, 2], rtol=1e-6)
+
+
+def test_cell_tokenizer_config_builds_a_cell_encoder():
+    config = experiment_config("dvae", "cell,smoke")
+    assert config.model.encoder == "cell"
+    pipe = build_pipeline(config)
+    assert isinstance(pipe.encoder, CellEncoder) and pipe.encoder.factor == pipe.factor == 4
+    assert experiment_config("dvae", "smoke").model.encoder == "conv"
 
 
 def _f64(x) -> np.ndarray:
@@ -703,6 +739,10 @@ def test_configs_and_bad_settings():
     config = experiment_config("dvae", "smoke")
     config.dvae.logit_scale = 0.0
     with pytest.raises(ValueError, match="logit_scale"):
+        build_pipeline(config)
+    config = experiment_config("dvae", "smoke")
+    config.model.encoder = "vit"
+    with pytest.raises(ValueError, match="Unknown model.encoder 'vit'; valid: conv, cell"):
         build_pipeline(config)
 
 

@@ -388,7 +388,7 @@ def test_generate_complete_and_bad_input(causal, pipelines):
 def test_each_variant_reads_the_images_its_tokenizer_was_trained_on(variant):
     config = experiment_config("dalle", variant)
     tokenizer = experiment_config(*config.pretrain.tokenizer.split(":"))
-    assert tokenizer.pipeline in ("dvae", "vqgan")
+    assert tokenizer.pipeline in ("dvae", "vqgan") and tokenizer.model.encoder == "cell"
     assert tokenizer.data.name == config.data.name
     assert tokenizer.data.image_size == config.data.image_size
 

@@ -7,6 +7,8 @@ strided-conv downsampling (nearest + conv upsampling), GroupNorm, SiLU. On a CPU
 folds 2x2 pixels into channels first (as the DDPM UNet does), which makes the first level four
 times cheaper; the decoder's last conv predicts the 2x2 pixels of each position, so edges stay
 sharp. The decoder's last layer is ``conv_out``: VQGAN's adaptive weight reads its gradients.
+``CellEncoder`` is the local alternative (``model.encoder="cell"``): each token reads only its own
+cell of pixels.
 """
 
 from __future__ import annotations
@@ -53,6 +55,40 @@ class Encoder(nn.Module):
                 h = conv3x3(self.ch * mult, self.dtype, strides=2, name=f"downsample{level}")(h)
         h = ResBlock(h.shape[-1], dtype=self.dtype, name="mid")(h, None)
         h = nn.silu(GroupNorm(32, dtype=self.dtype, name="norm_out")(h))
+        return dense(self.out_ch, jnp.float32, name="proj_out")(h)
+
+
+class CellEncoder(nn.Module):
+    """``[B, S, S, 3] -> [B, S/f, S/f, out_ch]`` where output ``(i, j)`` reads only its own
+    ``f x f`` pixels: a residual MLP on each cell, with LayerNorm (per position) where the
+    convolutional ``Encoder`` has GroupNorm (statistics over the whole image).
+
+    Identical cells (the black background of ``shapes``) therefore get identical codes, which
+    makes the token grid a much easier language for a transformer; the decoder still reads the
+    neighbours.
+
+    Attributes:
+      ch: width of the MLP.
+      factor: cell side in pixels (the downsampling factor).
+      depth: residual MLP blocks.
+      out_ch: output channels, as ``Encoder``'s.
+      dtype: compute dtype.
+    """
+
+    ch: int
+    factor: int
+    depth: int
+    out_ch: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = dense(self.ch, self.dtype, name="proj_in")(space_to_depth(x, self.factor))
+        for i in range(self.depth):
+            r = nn.LayerNorm(dtype=self.dtype, name=f"norm{i}")(h)
+            r = dense(2 * self.ch, self.dtype, name=f"fc{i}_0")(r)
+            h = h + dense(self.ch, self.dtype, name=f"fc{i}_1")(nn.silu(r))
+        h = nn.silu(nn.LayerNorm(dtype=self.dtype, name="norm_out")(h))
         return dense(self.out_ch, jnp.float32, name="proj_out")(h)
 
 

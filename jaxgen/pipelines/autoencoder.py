@@ -18,6 +18,9 @@ One pipeline, four bottlenecks (``config.pipeline``):
          multiplied by ``dvae.logit_scale``: in a short run, logits at the network's own scale
          stay small against the Gumbel noise, so the sampled codes carry little information.
 
+``model.encoder``: "conv" (the VQGAN layout) or "cell" (each token reads only its own cell of
+pixels, so identical cells get identical codes: the tokenizer DALL-E's transformer reads).
+
 The discrete ones are image tokenizers: ``tokenizer(state)`` (``jaxgen.load_tokenizer(workdir)``)
 gives ``encode(images) -> int32 [B, h, w]`` and ``decode(tokens) -> images``, pure and jittable,
 for the next stage (a transformer over text and image tokens). ``generate`` ignores prompts: these
@@ -44,6 +47,7 @@ from jaxgen.evaluation import intervals
 from jaxgen.evaluation.frechet import frechet_distance
 from jaxgen.models import bottlenecks as bn
 from jaxgen.models.autoencoder import (
+    CellEncoder,
     Decoder,
     Encoder,
     PatchDiscriminator,
@@ -170,7 +174,19 @@ class AutoencoderPipeline(Pipeline):
             patch_size=self.patch,
             dtype=dtype,
         )
-        self.encoder = Encoder(out_ch=enc_out, **arch)
+        encoder = str(mc.get("encoder", "conv"))
+        if encoder == "conv":
+            self.encoder = Encoder(out_ch=enc_out, **arch)
+        elif encoder == "cell":
+            self.encoder = CellEncoder(
+                ch=int(mc.ch) * int(tuple(mc.ch_mults)[-1]),
+                factor=self.factor,
+                depth=max(1, int(mc.num_res_blocks)) * len(tuple(mc.ch_mults)),
+                out_ch=enc_out,
+                dtype=dtype,
+            )
+        else:
+            raise ValueError(f"Unknown model.encoder {encoder!r}; valid: conv, cell.")
         self.decoder = Decoder(**arch)
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
