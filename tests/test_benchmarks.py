@@ -192,3 +192,24 @@ def test_dalle_speed_reports_training_the_cache_the_sampler_and_maskgit(tmp_path
     assert rows["cached / recompute"] == f"{r['cached_over_recompute']:.2f}"
     proc = run_benchmark("dalle_speed.py", "--config=experiments/dalle.py:smoke", "--set=x=1")
     assert_one_error_line(proc, "Unknown config key")
+
+
+def test_tokenizer_codes_counts_one_background_code_for_a_cell_tokenizer(tmp_path):
+    from helpers import run_cli
+
+    workdirs = []
+    for variant in ("cell,smoke", "smoke"):
+        workdir = tmp_path / variant.replace(",", "_")
+        proc = run_cli(f"--config=experiments/dvae.py:{variant}", f"--workdir={workdir}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        workdirs.append(str(workdir))
+    out = tmp_path / "codes.json"
+    proc = run_benchmark("tokenizer_codes.py", *workdirs, "--images=16", f"--json_out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cell, conv = json.loads(out.read_text())
+    assert (cell["encoder"], conv["encoder"]) == ("cell", "conv")
+    assert cell["black_cells"] == conv["black_cells"] > 0
+    # Identical all-black cells read identical pixels: one code, by construction.
+    assert cell["black_distinct_codes"] == 1 and cell["black_top_share"] == 1.0
+    assert cell["black_entropy_bits"] == 0.0
+    assert 1 <= conv["black_distinct_codes"] <= 16 and 1 <= conv["all_distinct_codes"] <= 16
