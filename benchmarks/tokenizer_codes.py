@@ -29,7 +29,7 @@ from jaxgen import data as data_lib  # noqa: E402
 def entropy_bits(codes: np.ndarray) -> float:
     _, counts = np.unique(codes, return_counts=True)
     p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return float(np.sum(p * np.log2(1.0 / p)))
 
 
 def black_cell_codes(images: np.ndarray, codes: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Speed of the autoencoder family: training images/s of each default config, and the
 tokenizers' encode and decode throughput.
 
-    python benchmarks/tokenizer_speed.py [--steps=8] [--batch=256] [--smoke] [--json_out=FILE]
+    python benchmarks/tokenizer_speed.py [--kinds=vae,dvae:cell] [--steps=8] [--batch=256] \
+        [--smoke] [--json_out=FILE]
 
 Training is the loop's jitted, donated train step with real batches (``common.Trainer``); VQGAN is
 measured twice, before its discriminator starts and with it on (``gan.start_step=0``). Encode and
@@ -58,21 +59,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="images per encode/decode call")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="the tiny :smoke configs (tests)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help="comma-separated experiments, each a kind with an optional :variant (dvae:cell)",
+    )
     parser.add_argument("--json_out", type=Path)
     args = parser.parse_args()
-    variant = "smoke" if args.smoke else None
     print(f"# {os.cpu_count()} CPU cores, jax {jax.__version__}, {jax.default_backend()}")
     rows = []
-    for kind in args.kinds.split(","):
+    for spec in args.kinds.split(","):
+        kind, _, variant = spec.partition(":")
+        variant = ",".join(v for v in (variant, "smoke" if args.smoke else "") if v) or None
         config = load_experiment(kind, variant)
-        log(f"{kind}: training step")
-        row = {"kind": kind, **train_throughput(config, f"experiments/{kind}.py", args.steps)}
+        log(f"{spec}: training step")
+        row = {"kind": spec, **train_throughput(config, f"experiments/{spec}.py", args.steps)}
         if kind == "vqgan":
             config.gan.start_step = 0
             on = train_throughput(config, "vqgan, discriminator on", args.steps)
             row["images_per_second_with_discriminator"] = on["images_per_second"]
-        log(f"{kind}: encode/decode")
+        log(f"{spec}: encode/decode")
         row.update(codec_throughput(load_experiment(kind, variant), args.batch, args.reps))
         rows.append(row)
     print("\n| model | params | train img/s (batch) | encode img/s | decode img/s | tokens |")
