@@ -178,6 +178,7 @@ class AutoencoderPipeline(Pipeline):
         if encoder == "conv":
             self.encoder = Encoder(out_ch=enc_out, **arch)
         elif encoder == "cell":
+            # As wide as the conv encoder's last level, one MLP block per conv residual block.
             self.encoder = CellEncoder(
                 ch=int(mc.ch) * int(tuple(mc.ch_mults)[-1]),
                 factor=self.factor,
