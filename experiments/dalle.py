@@ -62,7 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             temperature=1.0,  # 0: greedy
             top_k=0,  # 0: off
             top_p=1.0,  # 1: off
-            guidance_scale=3.0,  # 1: off
+            # 1: off. On val (256 prompts, the default run): shape 0.808 at 2 against 0.744 at 3,
+            # relation 0.577 against 0.446, count 0.824 against 0.719; 1 and 1.5 lose colour.
+            guidance_scale=2.0,
             maskgit_steps=8,
             batch_size=64,
             every_steps=500,
