@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -54,7 +55,14 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     workdir = tmp_path / "run"
-    prepare(nb, {"SMOKE": True, "WORKDIR": str(workdir)})
+    # Every other workdir the notebook names (e.g. MASKGIT_WORKDIR) goes under tmp_path too, so
+    # a test run never writes into, or resumes from, the checkout's runs/.
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    others = re.findall(r"^([A-Z_]+_WORKDIR) =", "".join(c.source for c in params), re.M)
+    prepare(
+        nb,
+        {"SMOKE": True, "WORKDIR": str(workdir), **{n: str(tmp_path / n.lower()) for n in others}},
+    )
     # The kernel is a child process: it inherits this environment (CPU only, this interpreter).
     for key, value in cli_env().items():
         monkeypatch.setenv(key, value)
