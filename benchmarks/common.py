@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from jaxgen.pipelines import build_pipeline  # noqa: E402
 from jaxgen.training import mesh as mesh_lib  # noqa: E402
 from jaxgen.training import workdir as workdir_lib  # noqa: E402
 
@@ -126,7 +125,7 @@ class Trainer:
     """The loop's jitted, donated train step on one pipeline, timed step by step."""
 
     def __init__(self, config, mesh, source, iterator, pipeline=None):
-        self.pipeline = pipeline or build_pipeline(config)
+        self.pipeline = pipeline or workdir_lib.build_pipeline(config)
         self.mesh = mesh
         self.iterator = iterator
         self.state = workdir_lib.init_state(self.pipeline, config, mesh, source)
