@@ -264,6 +264,7 @@ def ddim_sample(
     eta: float = 0.0,
     prediction_type: str = "eps",
     clip_x0: bool = True,
+    x_init: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """DDIM sampling (Song et al. 2021, eq. 12, sigma from eta by eq. 16) as one `lax.scan`.
 
@@ -279,6 +280,7 @@ def ddim_sample(
       eta: 0 (deterministic DDIM) to 1 (DDPM-like noise).
       prediction_type: "eps", "x0" or "v".
       clip_x0: clip the predicted x0 to [-1, 1] at each step.
+      x_init: the starting ``x_T`` ``shape`` (e.g. from `ddim_invert`); default ``N(0, I)``.
 
     Returns:
       Samples x0 ``shape`` float32.
@@ -287,7 +289,8 @@ def ddim_sample(
     steps = ddim_timesteps(sched.num_timesteps, num_steps)
     steps_prev = np.concatenate([steps[1:], [-1]]).astype(np.int32)
     init_rng, loop_rng = jax.random.split(rng)
-    x_init = jax.random.normal(init_rng, shape, dtype=jnp.float32)
+    if x_init is None:
+        x_init = jax.random.normal(init_rng, shape, dtype=jnp.float32)
     keys = jax.random.split(loop_rng, num_steps)
 
     def body(x, inputs):
@@ -301,4 +304,52 @@ def ddim_sample(
         return mean + std * jax.random.normal(key, shape, dtype=jnp.float32), None
 
     x, _ = jax.lax.scan(body, x_init, (jnp.asarray(steps), jnp.asarray(steps_prev), keys))
+    return x
+
+
+def ddim_invert(
+    model_fn: ModelFn,
+    sched: Schedule,
+    x0: jnp.ndarray,
+    num_steps: int = 50,
+    prediction_type: str = "eps",
+) -> jnp.ndarray:
+    """DDIM inversion: runs the deterministic (eta = 0) DDIM update backwards, from data to
+    ``x_T``, as one `lax.scan` over the timesteps of `ddim_sample` in increasing order.
+
+    Each step from ``t`` to the next larger ``t'`` predicts ``(x0^, eps^)`` at the current point
+    and moves to ``sqrt(abar_t') x0^ + sqrt(1 - abar_t') eps^``: eq. 12 of Song et al. with the
+    roles of ``t`` and ``t_prev`` swapped. The data itself is read as the point at ``t = 0``.
+    ``ddim_sample(..., eta=0, x_init=ddim_invert(...))`` with the same ``num_steps`` returns
+    ``x0`` up to the discretisation error (exactly as the steps shrink); unCLIP encodes an
+    image's ``x_T`` this way for its variations.
+
+    Args:
+      model_fn: ``model_fn(x_t [B, ...], t [B] int32) -> output [B, ...]``.
+      sched: the schedule (T steps).
+      x0: clean data ``[B, ...]``.
+      num_steps: static number of model evaluations, as in `ddim_sample`.
+      prediction_type: "eps", "x0" or "v".
+
+    Returns:
+      ``x_T`` float32, the shape of ``x0``.
+    """
+    check_prediction_type(prediction_type)
+    steps = ddim_timesteps(sched.num_timesteps, num_steps)[::-1]  # 0 ... T-1
+    cur = np.concatenate([[0], steps[:-1]]).astype(np.int32)  # the data read as t = 0
+    batch = x0.shape[0]
+
+    def body(x, inputs):
+        t, t_next = inputs
+        t_batch = jnp.full((batch,), t, dtype=jnp.int32)
+        output = model_fn(x, t_batch)
+        x0_hat, eps = predict_x0_eps(sched, output, x, t_batch, prediction_type)
+        t_next_batch = jnp.full((batch,), t_next, dtype=jnp.int32)
+        abar_next = extract(sched.alpha_bars, t_next_batch, x)
+        one_minus = extract(sched.sqrt_one_minus_alpha_bars, t_next_batch, x) ** 2
+        return jnp.sqrt(abar_next) * x0_hat + jnp.sqrt(one_minus) * eps, None
+
+    x, _ = jax.lax.scan(
+        body, x0.astype(jnp.float32), (jnp.asarray(cur), jnp.asarray(steps.astype(np.int32)))
+    )
     return x

@@ -175,6 +175,10 @@ class UNet(nn.Module):
         them after the last (space-to-depth, as in "simple diffusion", Hoogeboom et al. 2023):
         the UNet then runs at ``H / p``, cutting the cost of the high-resolution levels by
         ``p ** 2`` while every output pixel keeps its own output channel. 1 = off.
+      cond_tokens: for a conditioning vector ``cond`` (unCLIP's CLIP image embedding): it is
+        projected and added to the time embedding, and projected into this many extra context
+        tokens that cross-attention reads next to the caption's (unCLIP after GLIDE). The
+        tokens have the text encoder's width, or ``4 * ch`` without one.
     """
 
     ch: int = 64
@@ -192,6 +196,7 @@ class UNet(nn.Module):
     film: bool = True
     conv_impl: str = "auto"
     patch_size: int = 1
+    cond_tokens: int = 4
 
     @nn.compact
     def __call__(
@@ -200,6 +205,7 @@ class UNet(nn.Module):
         t: jax.Array,
         tokens: jax.Array | None = None,
         train: bool = False,
+        cond: jax.Array | None = None,
     ) -> jax.Array:
         """Predicts the noise (or whatever the target is) for a noisy batch.
 
@@ -210,6 +216,8 @@ class UNet(nn.Module):
             encoder. Use an empty caption ``[BOS, EOS, PAD, ...]`` for the unconditional branch
             of classifier-free guidance.
           train: enables dropout (needs a ``"dropout"`` rng).
+          cond: optional float ``[B, D]`` conditioning vector (see ``cond_tokens``); zeros
+            stand for "none" in classifier-free guidance.
 
         Returns:
           ``[B, H, W, out_ch]`` in ``dtype``.
@@ -239,6 +247,19 @@ class UNet(nn.Module):
                 encoder = TextEncoder(**{"dtype": self.dtype, **encoder}, name="text_encoder")
             context, pooled, context_mask = encoder(tokens, train=train)
             emb = emb + dense(emb_dim, self.dtype, name="text_proj")(pooled)
+        if cond is not None:
+            cond = cond.astype(self.dtype)
+            emb = emb + dense(emb_dim, self.dtype, name="cond_proj")(cond)
+            if self.cond_tokens:
+                width = emb_dim if context is None else context.shape[-1]
+                extra = dense(self.cond_tokens * width, self.dtype, name="cond_tokens")(cond)
+                extra = extra.reshape(cond.shape[0], self.cond_tokens, width)
+                extra_mask = jnp.ones(extra.shape[:2], bool)
+                if context is None:
+                    context, context_mask = extra, extra_mask
+                else:
+                    context = jnp.concatenate([context, extra.astype(context.dtype)], axis=1)
+                    context_mask = jnp.concatenate([context_mask, extra_mask], axis=1)
         cross = set(self.cross_attn_resolutions) if context is not None else set()
         # Every res block applies SiLU then its own projection; compute the SiLU once.
         emb = nn.silu(emb)

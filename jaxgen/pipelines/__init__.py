@@ -11,6 +11,7 @@ PIPELINES = {
     "ddpm": "jaxgen.pipelines.ddpm:DDPMPipeline",
     "dvae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
     "gan_int_cls": "jaxgen.pipelines.gan_int_cls:GANINTCLSPipeline",
+    "unclip": "jaxgen.pipelines.unclip:UnCLIPPipeline",
     "vae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
     "vqgan": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
     "vqvae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
