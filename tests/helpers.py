@@ -124,3 +124,21 @@ def shared_smoke_run(
     root.mkdir(exist_ok=True)
     with file_lock(root / "lock"):
         return train_smoke(root, *args, config=config)
+
+
+def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs ``benchmarks/<script>`` from the repository root on the CPU; never raises."""
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of a printed Markdown table, header first, without the separator row."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]

@@ -2,33 +2,14 @@
 
 import json
 import subprocess
-import sys
 
-from helpers import REPO_ROOT, cli_env
-
-
-def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs ``benchmarks/<script>`` from the repository root on the CPU; never raises."""
-    return subprocess.run(
-        [sys.executable, f"benchmarks/{script}", *args],
-        cwd=REPO_ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from helpers import run_benchmark, table_rows
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, message: str) -> None:
     """The script failed with exit status 1 and a message, not a traceback."""
     assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-
-
-def table_rows(stdout: str) -> list[list[str]]:
-    """The cells of a printed Markdown table, header first, without the separator row."""
-    lines = [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
 def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
@@ -131,8 +112,17 @@ def test_workdir_benchmarks_read_a_trained_run(trained_workdir):
     # Every object of the 6 prompts lands in one cell of the 4 x 5 matrix (1 or 2 per prompt).
     assert len(counts) == 4 and all(len(r) == 5 for r in counts), proc.stdout
     assert 6 <= sum(map(sum, counts)) <= 12 and "two-object prompts" in proc.stdout
+
+    proc = run_benchmark("diversity.py", str(trained_workdir), "--num=4", "--k=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table_rows(proc.stdout)
+    assert len(rows) == 2 and rows[1][1] == "ddpm", proc.stdout
+    diversity = float(rows[1][5].split()[0])  # judge features: two seeds differ
+    assert diversity > 0 and "4 test prompts, 2 samples each" in proc.stdout, proc.stdout
     assert before == sorted(p.relative_to(trained_workdir) for p in trained_workdir.rglob("*"))
 
+    proc = run_benchmark("diversity.py", str(trained_workdir), "--k=1")
+    assert_one_error_line(proc, "--k must be at least 2")
     for script, *extra in [("relation_errors.py",), ("sweep_eval.py", "--key=a.b", "--values=1")]:
         proc = run_benchmark(script, str(trained_workdir / "nowhere"), *extra)
         assert_one_error_line(proc, "not a jaxgen workdir")

@@ -244,3 +244,13 @@ def test_a_steps_only_run_trains_its_own_pretraining_by_steps_alone(tmp_path, mo
     assert pretrain.experiment("clip", own, capped).train.max_minutes > 0
     shared = pretrain.shared_dir("clip")
     assert pretrain.experiment("clip", shared, steps_only).train.max_minutes > 0
+
+
+def test_mean_pairwise_distance_against_hand_computed_cases():
+    from jaxgen.evaluation.diversity import mean_pairwise_distance
+
+    # Prompt 0: a 3-4-5 triangle's corners (distances 3, 4, 5); prompt 1: three equal samples.
+    feats = np.array([[[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]], [[1.0, 1.0]] * 3])
+    np.testing.assert_allclose(mean_pairwise_distance(feats), [4.0, 0.0])
+    with pytest.raises(ValueError, match=r"\[N, K >= 2, F\]"):
+        mean_pairwise_distance(feats[:, :1])

@@ -43,6 +43,7 @@ EXPERIMENTS = {
     "ddpm": ("ddpm", "test/colour"),
     "gan_int_cls": ("gan_int_cls", "test/colour"),
     "tokenizers": ("vqgan", "test/psnr"),
+    "unclip": ("unclip", "test/prior_cosine"),
 }
 
 

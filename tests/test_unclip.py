@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import copy_workdir, experiment_config, run_cli, shared_smoke_run
+from helpers import (
+    copy_workdir,
+    experiment_config,
+    run_benchmark,
+    run_cli,
+    shared_smoke_run,
+    table_rows,
+)
 
 import jaxgen
 from jaxgen import diffusion
@@ -390,6 +397,8 @@ def test_cli_trains_resumes_samples_evaluates_and_loads(smoke_run, tmp_path):
     assert "test/colour" in results and "heldout/shape_lo" in results
     assert "test/prior_cosine" in results and "test/text_cosine" in results
     assert results["sampler/images_per_s"] > 0
+    shares = [results[f"sampler/{k}_share"] for k in ("prior", "decoder", "upsampler")]
+    assert min(shares) > 0 and abs(sum(shares) - 1) < 1e-6, shares
     assert list((smoke_run.workdir / "samples").glob("*.png"))
     workdir = copy_workdir(smoke_run.workdir, tmp_path / "unclip")
     common = [SMOKE, f"--workdir={workdir}"]
@@ -403,3 +412,27 @@ def test_cli_trains_resumes_samples_evaluates_and_loads(smoke_run, tmp_path):
     model = jaxgen.load(workdir)
     images = model.generate(["a small green square"], seed=0)
     assert images.shape == (1, 16, 16, 3) and images.dtype == np.uint8
+
+
+def test_edit_and_diversity_benchmarks_read_a_trained_run(smoke_run, tmp_path):
+    assert smoke_run.returncode == 0, smoke_run.stderr[-3000:]
+    out = tmp_path / "edits"
+    proc = run_benchmark(
+        "unclip_edits.py", str(smoke_run.workdir), "--num=6", "--k=2", f"--out={out}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = table_rows(proc.stdout)
+    # Variations: colour, shape, size, count and the pixel distance, each with its interval.
+    assert rows[1][0] == "judge vs source" and all("[" in c for c in rows[1][1:]), proc.stdout
+    assert float(rows[1][5].split()[0]) > 0  # the variations differ from their sources
+    assert [r[0] for r in rows[3:]] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5"], proc.stdout
+    assert {p.name for p in out.iterdir()} == {
+        "variations.png",
+        "text_diffs.png",
+        "interpolations.png",
+    }
+    proc = run_benchmark("diversity.py", str(smoke_run.workdir), "--num=3", "--k=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert table_rows(proc.stdout)[1][1] == "unclip", proc.stdout
+    proc = run_benchmark("unclip_edits.py", str(tmp_path / "nowhere"))
+    assert proc.returncode == 1 and "not a jaxgen workdir" in proc.stderr, proc.stderr[-2000:]

@@ -427,25 +427,24 @@ class UnCLIPPipeline(Pipeline):
         uncond = (self.empty_tokens[None], jnp.zeros((1, cond.shape[-1]), cond.dtype))
         return diffusion.guided_model_fn(apply, (tokens, cond), uncond, guidance_scale)
 
-    def decode_embedding(self, params, tokens, emb, rng, opts, x_init=None):
-        """Float images in [-1, 1] ``[B, S, S, 3]`` decoded from unit embeddings ``[B, D]``
-        (zeros: none) under captions ``tokens``, then upsampled. ``x_init``: the decoder's
-        starting noise at the base size (e.g. an inverted image's)."""
-        b = tokens.shape[0]
-        dec_rng, up_rng = jax.random.split(rng)
+    def decode_base(self, params, tokens, emb, rng, opts, x_init=None):
+        """Float images in [-1, 1] ``[B, b, b, 3]`` at the base size, decoded from unit
+        embeddings ``[B, D]`` (zeros: none) under captions ``tokens``; ``x_init``: the
+        decoder's starting noise (e.g. an inverted image's)."""
         model_fn = self._decoder_fn(params, tokens, emb * self.scale, opts["guidance_scale"])
-        low = diffusion.ddim_sample(
+        return diffusion.ddim_sample(
             model_fn,
             self.schedule,
-            (b, self.base, self.base, 3),
-            dec_rng,
+            (tokens.shape[0], self.base, self.base, 3),
+            rng,
             num_steps=opts["num_steps"],
             eta=opts["eta"],
             prediction_type=self.prediction_type,
             x_init=x_init,
         )
-        if not self.upsampling:
-            return low
+
+    def upsample_base(self, params, low, rng, opts):
+        """The upsampler's DDIM from base-size float images to ``data.image_size``."""
         lowres = upsample(low, self.size)
 
         def up_fn(x_t, t):
@@ -455,11 +454,17 @@ class UnCLIPPipeline(Pipeline):
         return diffusion.ddim_sample(
             up_fn,
             self.schedule,
-            (b, self.size, self.size, 3),
-            up_rng,
+            (low.shape[0], self.size, self.size, 3),
+            rng,
             num_steps=opts["upsampler_steps"],
             prediction_type=self.prediction_type,
         )
+
+    def decode_embedding(self, params, tokens, emb, rng, opts, x_init=None):
+        """``decode_base``, then ``upsample_base`` when the base size is not the image size."""
+        dec_rng, up_rng = jax.random.split(rng)
+        low = self.decode_base(params, tokens, emb, dec_rng, opts, x_init)
+        return self.upsample_base(params, low, up_rng, opts) if self.upsampling else low
 
     @functools.partial(jax.jit, static_argnums=(0, 4))
     def _generate(self, params, tokens, rng, frozen_opts):
@@ -676,18 +681,39 @@ class UnCLIPPipeline(Pipeline):
         return {k: float(v) for k, v in results.items()}
 
     def sampler_speed(self, state, rng) -> dict[str, float]:
-        """Images per second of the whole two-hop sampler on one batch of
-        ``sample.batch_size`` prompts, and the prior's share of it, timed after compiling."""
+        """Images per second of the whole two-hop sampler (``generate``) on one batch of
+        ``sample.batch_size`` prompts, and the shares of its three parts (prior, decoder,
+        upsampler) in the sum of their separately timed, compiled calls."""
         prompts = self.judge.prompts("val", int(self.config.sample.batch_size), seed=2)[0]
-        self.generate(state, prompts, rng)  # compiles
-        start = time.perf_counter()
-        self.generate(state, prompts, rng)
-        total = time.perf_counter() - start
-        self.generate(state, prompts, rng, embedding="text")  # compiles
-        start = time.perf_counter()
-        self.generate(state, prompts, rng, embedding="text")
-        without_prior = time.perf_counter() - start
-        return {
-            "sampler/images_per_s": len(prompts) / total,
-            "sampler/prior_share": max(total - without_prior, 0.0) / total,
-        }
+        opts = self._options({})
+        params = self._params(state)
+        tokens = jnp.asarray(self.tokenize(prompts))
+        prior = jax.jit(
+            lambda p, tok: self.sample_prior(
+                p,
+                tok,
+                rng,
+                opts["prior_steps"],
+                opts["prior_guidance_scale"],
+                opts["prior_candidates"],
+            )
+        )
+        decoder = jax.jit(lambda p, tok, e: self.decode_base(p, tok, e, rng, opts))
+        upsampler = jax.jit(lambda p, low: self.upsample_base(p, low, rng, opts))
+
+        def timed(fn, *args):
+            out = jax.block_until_ready(fn(*args))  # compiles
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            return out, time.perf_counter() - start
+
+        emb, parts = timed(prior, params, tokens)
+        low, t_dec = timed(decoder, params, tokens, emb)
+        parts = {"prior": parts, "decoder": t_dec, "upsampler": 0.0}
+        if self.upsampling:
+            parts["upsampler"] = timed(upsampler, params, low)[1]
+        _, total = timed(lambda: self.generate(state, prompts, rng))
+        results = {"sampler/images_per_s": len(prompts) / total}
+        for name, seconds in parts.items():
+            results[f"sampler/{name}_share"] = seconds / sum(parts.values())
+        return results
