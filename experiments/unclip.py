@@ -6,6 +6,8 @@ Variants (``--config=experiments/unclip.py:<arg>``, comma-separated):
                     CLIP trained first into <workdir>/pretrain/clip (experiments/clip.py)
   digits            scikit-learn's handwritten digits with captions, decoded at 8x8, upsampled
                     to 16x16
+  direct            no upsampler: the decoder at the full size, with 2x2 pixel folding (the
+                    DDPM's levels), for the comparison in the log
   smoke             a tiny version that runs in under a minute on a CPU
 
 The numbers behind the settings are in docs/results/unclip.md.
@@ -33,7 +35,7 @@ def unet(ch, attn, cross, patch=1):
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    dataset, options = split_variant(arg, "unclip.py", ("shapes", "digits"))
+    dataset, options = split_variant(arg, "unclip.py", ("shapes", "digits"), ("direct",))
     smoke = "smoke" in options
     config = base_config("unclip", dataset)
 
@@ -54,9 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 2x2 patches (its levels also run at 16, 8, 4).
     config.model.upsampler = unet(32, attn=(), cross=(), patch=2)
 
+    if "direct" in options:
+        config.model.decoder.patch_size = 2
     config.unclip = ml_collections.ConfigDict(
         dict(
-            base_size=config.data.image_size // 2,
+            base_size=config.data.image_size // (1 if "direct" in options else 2),
             prior_drop_prob=0.1,  # the paper's: captions dropped for 10% of the prior's steps
             embed_drop_prob=0.1,  # the decoder's CLIP embedding dropped 10% (paper) ...
             caption_drop_prob=0.5,  # ... and its caption 50% (paper)
@@ -105,6 +109,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         for net in (config.model.decoder, config.model.upsampler):
             net.update(dict(ch=16, ch_mults=(1, 2), num_heads=1, patch_size=1))
         config.model.decoder.update(dict(attn_resolutions=(4,), cross_attn_resolutions=(4,)))
+        if "direct" in options:
+            config.unclip.base_size = 16
         config.sample.update(dict(prior_steps=4, num_steps=4, upsampler_steps=2, batch_size=8))
         config.eval.update(dict(clip_workdir="", num_samples=8, val_num_samples=8))
     return config
