@@ -410,5 +410,10 @@ def test_edit_and_diversity_benchmarks_read_a_trained_run(smoke_run, tmp_path):
     proc = run_benchmark("diversity.py", str(smoke_run.workdir), "--num=3", "--k=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert table_rows(proc.stdout)[1][1] == "unclip", proc.stdout
+    proc = run_benchmark("unclip_speed.py", str(smoke_run.workdir), "--repeats=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r[0]: float(r[1]) for r in table_rows(proc.stdout)[1:]}
+    shares = [rows[f"sampler/{k}_share"] for k in ("prior", "decoder", "upsampler")]
+    assert rows["sampler/images_per_s"] > 0 and abs(sum(shares) - 1) < 2e-3, proc.stdout
     proc = run_benchmark("unclip_edits.py", str(tmp_path / "nowhere"))
     assert proc.returncode == 1 and "not a jaxgen workdir" in proc.stderr, proc.stderr[-2000:]

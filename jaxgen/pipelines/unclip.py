@@ -38,6 +38,7 @@ import optax
 from jaxgen import diffusion
 from jaxgen.data import tokenizer
 from jaxgen.data.pixels import to_model_space, to_uint8
+from jaxgen.models.clip import l2_normalize
 from jaxgen.models.prior import DiffusionPrior
 from jaxgen.models.text_encoder import TextEncoder
 from jaxgen.models.unet import UNet
@@ -46,10 +47,6 @@ from jaxgen.pipelines.base import Pipeline
 
 NETWORKS = ("prior", "decoder", "upsampler")
 EMBEDDINGS = ("prior", "text", "none")
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def slerp(a: jax.Array, b: jax.Array, theta: jax.Array | float) -> jax.Array:
