@@ -4,8 +4,6 @@ embedding, a diffusion decoder from it, and a diffusion upsampler.
 Variants (``--config=experiments/unclip.py:<arg>``, comma-separated):
   (none) / shapes   the embedded ``shapes`` dataset: decoded at 16x16, upsampled to 32x32; the
                     CLIP trained first into <workdir>/pretrain/clip (experiments/clip.py)
-  digits            scikit-learn's handwritten digits with captions, decoded at 8x8, upsampled
-                    to 16x16
   direct            no upsampler: the decoder at the full size, with 2x2 pixel folding (the
                     DDPM's levels), for the comparison in the log
   smoke             a tiny version that runs in under a minute on a CPU
@@ -35,15 +33,13 @@ def unet(ch, attn, cross, patch=1):
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    dataset, options = split_variant(arg, "unclip.py", ("shapes", "digits"), ("direct",))
+    dataset, options = split_variant(arg, "unclip.py", ("shapes",), ("direct",))
     smoke = "smoke" in options
     config = base_config("unclip", dataset)
 
     # The frozen CLIP: the DDPM's (its text tower also parses the captions), trained first.
-    config.pretrain.clip = "clip:joint,parse" if dataset == "shapes" else "clip:digits"
+    config.pretrain.clip = "clip:joint,parse"
     config.model.clip = "pretrain:clip"
-    if dataset == "digits":
-        config.data.image_size = 16
 
     config.model.prior = ml_collections.ConfigDict(
         dict(width=128, depth=4, num_heads=4, mlp_ratio=4)
@@ -74,7 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             prediction_type="v",  # the decoder's and upsampler's (the prior predicts x0)
             # The decoder's timesteps, as the DDPM's on shapes (its log: test shape 0.694
             # against 0.591 with uniform ones); the prior and upsampler draw them uniformly.
-            timestep_sampling="logit_normal" if dataset == "shapes" else "uniform",
+            timestep_sampling="logit_normal",
             timestep_logit_mean=0.5,
         )
     )
@@ -98,9 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.eval.val_num_samples = 64
     config.eval.every_minutes = 20.0
-    config.eval.clip_workdir = (
-        "shared:clip:eval" if dataset == "shapes" else "shared:clip:digits,eval"
-    )
+    config.eval.clip_workdir = "shared:clip:eval"
 
     if smoke:
         make_smoke(config, steps=8, batch_size=8, log_every=4)
