@@ -527,22 +527,7 @@ class AutoencoderPipeline(Pipeline):
         return np.asarray(self._reconstruct(state.params, self._check_images(images)))
 
     def _check_images(self, images) -> jax.Array:
-        images = np.asarray(images)
-        if (
-            images.dtype != np.uint8
-            or images.ndim != 4
-            or images.shape[1:]
-            != (
-                self.size,
-                self.size,
-                3,
-            )
-        ):
-            raise ValueError(
-                f"images must be uint8 [N, {self.size}, {self.size}, 3], got {images.dtype} "
-                f"{list(images.shape)}."
-            )
-        return jnp.asarray(images)
+        return jnp.asarray(self.check_images(images))
 
     @functools.partial(jax.jit, static_argnums=(0, 3))
     def _sample_prior(self, state, rng, n):

@@ -198,6 +198,18 @@ class Pipeline(abc.ABC):
             )
         return run
 
+    def check_images(self, images) -> np.ndarray:
+        """``images`` as a numpy array; ValueError unless uint8 ``[N, S, S, 3]`` with S =
+        ``config.data.image_size``."""
+        images = np.asarray(images)
+        size = int(self.config.data.image_size)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+            raise ValueError(
+                f"images must be uint8 [N, {size}, {size}, 3], got {images.dtype} "
+                f"{list(images.shape)}."
+            )
+        return images
+
     def tokenize(self, prompts: Sequence[str] | str) -> np.ndarray:
         """Validates and byte-encodes prompts (``config.data.max_text_len``); raises
         ``PromptError`` with a clear message for an empty, too long or non-text prompt."""

@@ -509,24 +509,6 @@ class UnCLIPPipeline(Pipeline):
         )
 
     # -- what only unCLIP does ----------------------------------------------------------------
-    def _check_images(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if (
-            images.dtype != np.uint8
-            or images.ndim != 4
-            or images.shape[1:]
-            != (
-                self.size,
-                self.size,
-                3,
-            )
-        ):
-            raise ValueError(
-                f"images must be uint8 [N, {self.size}, {self.size}, 3], got {images.dtype} "
-                f"{list(images.shape)}."
-            )
-        return images
-
     @functools.partial(jax.jit, static_argnums=0)
     def _embed_images(self, clip_params, images):
         return self.clip_image(clip_params, to_model_space(images))
@@ -537,7 +519,7 @@ class UnCLIPPipeline(Pipeline):
 
     def embed_images(self, state, images) -> np.ndarray:
         """Unit CLIP image embeddings ``[N, D]`` of uint8 images (the frozen CLIP)."""
-        images = self._check_images(images)
+        images = self.check_images(images)
         return np.asarray(self._embed_images(state.params["clip"], jnp.asarray(images)))
 
     def embed_texts(self, state, prompts) -> np.ndarray:
@@ -569,7 +551,7 @@ class UnCLIPPipeline(Pipeline):
     def invert(self, state, images, **options) -> np.ndarray:
         """DDIM-inverted decoder noise ``x_T`` ``[N, b, b, 3]`` of uint8 images (their
         base-size versions, under their own CLIP embedding and no caption)."""
-        images = self._check_images(images)
+        images = self.check_images(images)
         opts = tuple(sorted(self._options(options).items()))
         x = to_model_space(jnp.asarray(images))
         low = downsample(x, self.base) if self.upsampling else x
@@ -591,7 +573,7 @@ class UnCLIPPipeline(Pipeline):
         """``num`` variations of each uint8 image ``[N, S, S, 3]`` -> uint8 ``[N, num, S, S, 3]``:
         its CLIP embedding decoded again; with ``invert`` from its DDIM-inverted ``x_T`` and
         DDIM with ``eta`` > 0 (the paper; ``sample.variation_eta``), otherwise fresh noise."""
-        images = self._check_images(images)
+        images = self.check_images(images)
         if num < 1:
             raise ValueError(f"num must be >= 1, got {num}.")
         eta = float(self.config.sample.variation_eta if eta is None else eta)
@@ -605,7 +587,7 @@ class UnCLIPPipeline(Pipeline):
     def interpolate(self, state, image_a, image_b, rng, *, steps=5, **options) -> np.ndarray:
         """uint8 ``[steps, S, S, 3]``: the slerp from ``image_a``'s CLIP embedding to
         ``image_b``'s, decoded from one shared noise."""
-        pair = self._check_images(np.stack([image_a, image_b]))
+        pair = self.check_images(np.stack([image_a, image_b]))
         if steps < 2:
             raise ValueError(f"steps must be >= 2, got {steps}.")
         a, b = self.embed_images(state, pair)
@@ -623,7 +605,7 @@ class UnCLIPPipeline(Pipeline):
         """The paper's text diffs, uint8 ``[len(thetas), S, S, 3]``: the image's embedding
         slerped by each theta towards the normalised difference of the captions' text
         embeddings (``target`` minus ``source``), decoded from the image's inverted ``x_T``."""
-        image = self._check_images(np.asarray(image)[None])
+        image = self.check_images(np.asarray(image)[None])
         z = self.embed_images(state, image)[0]
         t_src, t_tgt = self.embed_texts(state, [source, target])
         diff = l2_normalize(jnp.asarray(t_tgt - t_src))
@@ -653,7 +635,7 @@ class UnCLIPPipeline(Pipeline):
 
         opts = self._options({})
         params = self._params(state)
-        fn = jax.jit(self.sample_prior, static_argnums=(3, 4, 5))
+        fn = self._sample_prior_jit
         results = {}
         for split in plan.splits:
             captions, _, images = self.judge.prompts(split, plan.num_samples, seed=0)
@@ -665,9 +647,9 @@ class UnCLIPPipeline(Pipeline):
                     params,
                     tok,
                     jax.random.fold_in(rng, i),
-                    opts["prior_steps"],
-                    opts["prior_guidance_scale"],
-                    opts["prior_candidates"],
+                    steps=opts["prior_steps"],
+                    guidance_scale=opts["prior_guidance_scale"],
+                    candidates=opts["prior_candidates"],
                 ),
                 len(tokens),
                 None,
@@ -677,6 +659,20 @@ class UnCLIPPipeline(Pipeline):
             results.update(intervals.mean(f"{split}/text_cosine", np.sum(text * true, -1)))
         return {k: float(v) for k, v in results.items()}
 
+    @functools.partial(
+        jax.jit, static_argnums=0, static_argnames=("steps", "guidance_scale", "candidates")
+    )
+    def _sample_prior_jit(self, params, tokens, rng, steps, guidance_scale, candidates):
+        return self.sample_prior(params, tokens, rng, steps, guidance_scale, candidates)
+
+    @functools.partial(jax.jit, static_argnums=0, static_argnames="frozen_opts")
+    def _decode_base_jit(self, params, tokens, emb, rng, frozen_opts):
+        return self.decode_base(params, tokens, emb, rng, dict(frozen_opts))
+
+    @functools.partial(jax.jit, static_argnums=0, static_argnames="frozen_opts")
+    def _upsample_jit(self, params, low, rng, frozen_opts):
+        return self.upsample_base(params, low, rng, dict(frozen_opts))
+
     def sampler_speed(self, state, rng) -> dict[str, float]:
         """Images per second of the whole two-hop sampler (``generate``) on one batch of
         ``sample.batch_size`` prompts, and the shares of its three parts (prior, decoder,
@@ -685,18 +681,16 @@ class UnCLIPPipeline(Pipeline):
         opts = self._options({})
         params = self._params(state)
         tokens = jnp.asarray(self.tokenize(prompts))
-        prior = jax.jit(
-            lambda p, tok: self.sample_prior(
-                p,
-                tok,
-                rng,
-                opts["prior_steps"],
-                opts["prior_guidance_scale"],
-                opts["prior_candidates"],
-            )
+        frozen = tuple(sorted(opts.items()))
+        prior = functools.partial(
+            self._sample_prior_jit,
+            rng=rng,
+            steps=opts["prior_steps"],
+            guidance_scale=opts["prior_guidance_scale"],
+            candidates=opts["prior_candidates"],
         )
-        decoder = jax.jit(lambda p, tok, e: self.decode_base(p, tok, e, rng, opts))
-        upsampler = jax.jit(lambda p, low: self.upsample_base(p, low, rng, opts))
+        decoder = functools.partial(self._decode_base_jit, rng=rng, frozen_opts=frozen)
+        upsampler = functools.partial(self._upsample_jit, rng=rng, frozen_opts=frozen)
 
         def timed(fn, *args):
             out = jax.block_until_ready(fn(*args))  # compiles
