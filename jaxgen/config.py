@@ -72,7 +72,8 @@ def base_config(pipeline: str, dataset: str) -> ml_collections.ConfigDict:
 
     Args:
       pipeline: the family's registry name (``config.pipeline``).
-      dataset: ``config.data.name``; ``shapes`` reports its ``test`` and ``heldout`` splits
+      dataset: ``config.data.name``; ``shapes`` and ``scenes`` report their ``test`` and
+        ``heldout`` splits
         (and checks ``val`` and ``heldout_val`` during training), every other dataset ``test``
         (and ``val``).
     """
@@ -129,7 +130,7 @@ def base_config(pipeline: str, dataset: str) -> ml_collections.ConfigDict:
             rerank_clip="",
         )
     )
-    heldout = dataset == "shapes"
+    heldout = dataset in ("shapes", "scenes")
     config.eval = ml_collections.ConfigDict(
         dict(
             # The final evaluation (and --mode=eval) reports these splits, num_samples prompts

@@ -4,7 +4,7 @@ from jaxgen.data.pipeline import DataError, make_batch_iterator
 
 __all__ = ["DataError", "SOURCES", "build_source", "make_batch_iterator"]
 
-SOURCES = ("shapes", "digits", "tfds", "folder")
+SOURCES = ("shapes", "scenes", "digits", "tfds", "folder")
 #: jaxgen split -> TFDS split spec (``data.tfds_splits`` overrides it).
 TFDS_SPLITS = {"train": "train[:98%]", "val": "train[98%:]", "test": "test"}
 
@@ -17,7 +17,7 @@ def build_source(data_config, split: str):
         ``tfds`` also needs ``tfds_name`` (and optionally ``data_dir``), ``folder`` needs
         ``directory`` (and optionally ``val_directory`` and ``test_directory`` for evaluation
         prompts).
-      split: "train", "val", "test" (and "heldout_val", "heldout" for shapes). For TFDS,
+      split: "train", "val", "test" (and "heldout_val", "heldout" for shapes and scenes). For TFDS,
         ``data_config.tfds_splits`` maps each to a TFDS split spec (by default ``val`` is the
         last 2% of TFDS ``train``, which ``train`` then leaves out).
 
@@ -41,6 +41,12 @@ def build_source(data_config, split: str):
             seed=int(data_config.get("seed", 0)),
             max_text_len=max_len,
             parse_labels=parse and split == "train",
+        )
+    if name == "scenes":
+        from jaxgen.data.scenes import ScenesSource
+
+        return ScenesSource(
+            split=split, image_size=size, seed=int(data_config.get("seed", 0)), max_text_len=max_len
         )
     if name == "digits":
         from jaxgen.data.digits import DigitsSource
