@@ -11,6 +11,7 @@ PIPELINES = {
     "ddpm": "jaxgen.pipelines.ddpm:DDPMPipeline",
     "dvae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
     "gan_int_cls": "jaxgen.pipelines.gan_int_cls:GANINTCLSPipeline",
+    "text2scene": "jaxgen.pipelines.text2scene:Text2ScenePipeline",
     "unclip": "jaxgen.pipelines.unclip:UnCLIPPipeline",
     "vae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
     "vqgan": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
