@@ -184,6 +184,26 @@ def test_dalle_speed_reports_training_the_cache_the_sampler_and_maskgit(tmp_path
     assert_one_error_line(proc, "Unknown config key")
 
 
+def test_text2scene_speed_reports_training_and_three_decodings():
+    proc = run_benchmark(
+        "text2scene_speed.py",
+        "--config=experiments/text2scene.py:smoke",
+        "--steps=1",
+        "--repeats=1",
+        "--beam=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row[0]: row[1] for row in table_rows(proc.stdout)}
+    assert float(rows["training scenes/s (batch 8)"]) > 0
+    assert float(rows["training step GFLOP"]) > 0
+    for name in ("greedy", "sample", "beam 2"):
+        assert float(rows[f"decoding scenes/s, {name} (batch 8)"]) > 0
+    proc = run_benchmark(
+        "text2scene_speed.py", "--config=experiments/text2scene.py:smoke", "--set=x=1"
+    )
+    assert_one_error_line(proc, "Unknown config key")
+
+
 def test_tokenizer_codes_counts_one_background_code_for_a_cell_tokenizer(tmp_path):
     from helpers import run_cli
 

@@ -42,6 +42,7 @@ EXPERIMENTS = {
     "dalle": ("dalle", "test/colour"),
     "ddpm": ("ddpm", "test/colour"),
     "gan_int_cls": ("gan_int_cls", "test/colour"),
+    "text2scene": ("text2scene", "test/u_precision"),
     "tokenizers": ("vqgan", "test/psnr"),
     "unclip": ("unclip", "test/prior_cosine"),
 }
