@@ -130,7 +130,7 @@ def base_config(pipeline: str, dataset: str) -> ml_collections.ConfigDict:
             rerank_clip="",
         )
     )
-    heldout = dataset in ("shapes", "scenes")
+    heldout = dataset in ("shapes", "shapes_layouts", "scenes")
     config.eval = ml_collections.ConfigDict(
         dict(
             # The final evaluation (and --mode=eval) reports these splits, num_samples prompts

@@ -62,7 +62,7 @@ def test_ddpm_config_rejects_unknown_variant():
 
 def test_unknown_dataset_names_valid_ones():
     cfg = ml_collections.ConfigDict({"name": "nope", "image_size": 16, "max_text_len": 32})
-    with pytest.raises(ValueError, match="Valid datasets: shapes, scenes, digits"):
+    with pytest.raises(ValueError, match="Valid datasets: shapes, shapes_layouts, scenes, digits"):
         data_lib.build_source(cfg, "train")
 
 

@@ -4,7 +4,7 @@ from jaxgen.data.pipeline import DataError, make_batch_iterator
 
 __all__ = ["DataError", "SOURCES", "build_source", "make_batch_iterator"]
 
-SOURCES = ("shapes", "scenes", "digits", "tfds", "folder")
+SOURCES = ("shapes", "shapes_layouts", "scenes", "digits", "tfds", "folder")
 #: jaxgen split -> TFDS split spec (``data.tfds_splits`` overrides it).
 TFDS_SPLITS = {"train": "train[:98%]", "val": "train[98%:]", "test": "test"}
 
@@ -41,6 +41,12 @@ def build_source(data_config, split: str):
             seed=int(data_config.get("seed", 0)),
             max_text_len=max_len,
             parse_labels=parse and split == "train",
+        )
+    if name == "shapes_layouts":
+        from jaxgen.data.shapes_layout import ShapesLayoutSource
+
+        return ShapesLayoutSource(
+            split=split, image_size=size, seed=int(data_config.get("seed", 0)), max_text_len=max_len
         )
     if name == "scenes":
         from jaxgen.data.scenes import ScenesSource

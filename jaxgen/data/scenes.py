@@ -78,7 +78,15 @@ POSES: tuple[str, ...] = ("standing", "waving", "jumping")
 EXPRESSIONS: tuple[str, ...] = ("smiling", "frowning", "surprised")
 #: Attribute heads: name -> number of classes. Pose and expression apply to people only, flip to
 #: `FLIPPABLE` types only (`applies`).
-ATTRIBUTES: dict[str, int] = {"size": 3, "flip": 2, "pose": 3, "expression": 3}
+ATTRIBUTE_VALUES: dict[str, tuple] = {
+    "size": SIZES,
+    "flip": (0, 1),
+    "pose": POSES,
+    "expression": EXPRESSIONS,
+}
+ATTRIBUTES: dict[str, int] = {k: len(v) for k, v in ATTRIBUTE_VALUES.items()}
+#: What an object of a type the attribute does not apply to holds.
+DEFAULTS: dict[str, object] = {"size": None, "flip": 0, "pose": None, "expression": None}
 COLUMNS: tuple[str, ...] = ("left", "middle", "right")
 GRID = 16
 MIN_OBJECTS, MAX_OBJECTS = 2, 6
@@ -396,6 +404,8 @@ class SpriteBank:
             self.sprites[k, : s.shape[0], : s.shape[1]] = s
         self.shapes = np.asarray([s.shape[:2] for s in sprites], np.int32)
         self.index = index
+        self.grid = GRID
+        self.background = background(image_size)
 
     def sprite_id(self, obj: dict) -> int:
         """The sprite of a ground-truth object dict."""
@@ -408,7 +418,7 @@ class SpriteBank:
     def top_left(self, sprite: int, x: int, y: int) -> tuple[int, int]:
         """Pixel (row, column) of a sprite's top-left corner when centred on cell (x, y)."""
         h, w = (int(v) for v in self.shapes[sprite])
-        cell = self.image_size / GRID
+        cell = self.image_size / self.grid
         return int(np.floor((y + 0.5) * cell - h / 2)), int(np.floor((x + 0.5) * cell - w / 2))
 
 
@@ -429,25 +439,28 @@ def background(image_size: int) -> np.ndarray:
     return canvas
 
 
-def render_scene(objects: Sequence[dict], image_size: int = 64) -> np.ndarray:
+def render_scene(objects: Sequence[dict], image_size: int = 64, bank=None) -> np.ndarray:
     """Draws objects in list order (later ones in front) on the background.
 
     Args:
       objects: dicts with "name", "size", "x", "y" (grid cell of the centre), and "flip",
         "pose", "expression" where they apply.
       image_size: canvas side S.
+      bank: the sprites (default `sprite_bank(image_size)`; any bank with ``sprite_id``,
+        ``top_left``, ``sprites``, ``shapes`` and ``background``).
 
     Returns:
       uint8 ``[S, S, 3]``.
     """
-    bank = sprite_bank(image_size)
-    canvas = background(image_size)
+    bank = bank or sprite_bank(image_size)
+    canvas = bank.background.copy()
+    size = bank.image_size
     for obj in objects:
         k = bank.sprite_id(obj)
         h, w = (int(v) for v in bank.shapes[k])
         top, left = bank.top_left(k, int(obj["x"]), int(obj["y"]))
         r0, c0 = max(top, 0), max(left, 0)
-        r1, c1 = min(top + h, image_size), min(left + w, image_size)
+        r1, c1 = min(top + h, size), min(left + w, size)
         if r0 >= r1 or c0 >= c1:
             continue
         sprite = bank.sprites[k, r0 - top : r1 - top, c0 - left : c1 - left]
@@ -458,7 +471,9 @@ def render_scene(objects: Sequence[dict], image_size: int = 64) -> np.ndarray:
 
 class JaxCanvas:
     """The JAX twin of `render_scene`, for compiled decoders: a canvas padded by the largest
-    sprite on every side, so that any placement is a fixed-size slice.
+    sprite on every side, so that any placement is a fixed-size slice. Any sprite bank with
+    ``image_size``, ``grid``, ``background``, ``sprites``, ``shapes`` and ``index`` works
+    (`SpriteBank`, `jaxgen.data.shapes_layout.SpriteBank`).
 
     ``start()`` is the empty padded canvas, ``draw(canvas, sprite, x, y, ok)`` paints one sprite
     centred on grid cell (x, y) where ``ok`` (scalars; vmap for batches), ``crop(canvas)`` is
@@ -473,7 +488,8 @@ class JaxCanvas:
         self.sprites = jnp.asarray(bank.sprites)
         self.shapes = jnp.asarray(bank.shapes)
         self.index = jnp.asarray(bank.index)
-        self._background = background(self.size)
+        self.grid = bank.grid
+        self._background = bank.background
 
     def start(self):
         import jax.numpy as jnp
@@ -485,7 +501,7 @@ class JaxCanvas:
         import jax
         import jax.numpy as jnp
 
-        cell = self.size / GRID
+        cell = self.size / self.grid
         h, w = self.shapes[sprite, 0], self.shapes[sprite, 1]
         top = jnp.floor((y + 0.5) * cell - h / 2).astype(jnp.int32) + self.hmax
         left = jnp.floor((x + 0.5) * cell - w / 2).astype(jnp.int32) + self.wmax
@@ -498,13 +514,12 @@ class JaxCanvas:
         return canvas[self.hmax : self.hmax + self.size, self.wmax : self.wmax + self.size]
 
     def sprite_ids(self, objects, attributes):
-        """Sprite ids ``[...]`` of object ids ``[...]`` and attribute ids ``[..., 4]`` (END and
-        other out-of-range objects map to sprite 0; do not draw them)."""
+        """Sprite ids ``[...]`` of object ids ``[...]`` and attribute ids ``[..., A]`` (END and
+        other out-of-range objects map to a valid sprite; do not draw them)."""
         import jax.numpy as jnp
 
         t = jnp.clip(objects, 0, self.index.shape[0] - 1)
-        a = attributes
-        return self.index[t, a[..., 0], a[..., 1], a[..., 2], a[..., 3]]
+        return self.index[(t, *(attributes[..., k] for k in range(attributes.shape[-1])))]
 
     def render_steps(self, sprite_ids, xs, ys, valid):
         """One scene drawn object by object: int ``[N]`` sprites and cells, bool ``[N]``;
@@ -524,10 +539,6 @@ class JaxCanvas:
 # -- scenes and their descriptions ----------------------------------------------------------------
 def _pick(rng: np.random.Generator, options: Sequence):
     return options[int(rng.integers(len(options)))]
-
-
-def _allowed(name: str, field: str, value: str, heldout_ok: bool) -> bool:
-    return heldout_ok or (name, value) not in HELDOUT_COMBOS
 
 
 def _object_phrase(obj: dict, rng: np.random.Generator) -> str:
@@ -763,64 +774,69 @@ def parse_caption(text: str) -> list[dict]:
 END = len(OBJECTS)  # the "end of scene" class of the object head
 
 
-def scene_arrays(objects: Sequence[dict]) -> dict[str, np.ndarray]:
+def scene_arrays(objects: Sequence[dict], domain=None) -> dict[str, np.ndarray]:
     """A scene as fixed-size arrays over ``MAX_OBJECTS + 1`` steps (the last real step is END).
 
+    Args:
+      objects: object dicts in drawing order.
+      domain: the module that defines the layout (``OBJECTS``, ``ATTRIBUTE_VALUES``,
+        ``applies``, ``GRID``, ``MAX_OBJECTS``): this one by default,
+        `jaxgen.data.shapes_layout` for layouts of `shapes`.
+
     Returns:
-      {"objects": int32 [T] type ids, END after the last object and after that too;
-       "attributes": int32 [T, 4] (size, flip, pose, expression; 0 where they do not apply);
+      {"objects": int32 [T] category ids, END (= the number of categories) after the last;
+       "attributes": int32 [T, A] class ids (0 where an attribute does not apply);
        "locations": int32 [T] cell y * GRID + x; "steps": bool [T], True for the objects and
        the END step}.
     """
-    t = MAX_OBJECTS + 1
+    d = domain or _this()
+    t, end = d.MAX_OBJECTS + 1, len(d.OBJECTS)
     out = {
-        "objects": np.full((t,), END, np.int32),
-        "attributes": np.zeros((t, len(ATTRIBUTES)), np.int32),
+        "objects": np.full((t,), end, np.int32),
+        "attributes": np.zeros((t, len(d.ATTRIBUTE_VALUES)), np.int32),
         "locations": np.zeros((t,), np.int32),
         "steps": np.zeros((t,), bool),
     }
     for i, o in enumerate(objects):
-        out["objects"][i] = OBJECTS.index(o["name"])
-        out["attributes"][i] = attribute_ids(o)
-        out["locations"][i] = int(o["y"]) * GRID + int(o["x"])
+        out["objects"][i] = d.OBJECTS.index(o["name"])
+        out["attributes"][i] = [
+            values.index(o[attr]) if d.applies(o["name"], attr) else 0
+            for attr, values in d.ATTRIBUTE_VALUES.items()
+        ]
+        out["locations"][i] = int(o["y"]) * d.GRID + int(o["x"])
     out["steps"][: len(objects) + 1] = True
     return out
 
 
-def attribute_ids(obj: dict) -> list[int]:
-    """(size, flip, pose, expression) class ids of an object, 0 where they do not apply."""
-    name = obj["name"]
-    return [
-        SIZES.index(obj["size"]),
-        int(obj.get("flip", 0)) if name in FLIPPABLE else 0,
-        POSES.index(obj["pose"]) if name in PEOPLE else 0,
-        EXPRESSIONS.index(obj["expression"]) if name in PEOPLE else 0,
-    ]
-
-
-def objects_from_arrays(types, attributes, locations) -> list[dict]:
-    """The inverse of `scene_arrays` (up to the first END): JSON-friendly object dicts."""
+def objects_from_arrays(types, attributes, locations, domain=None) -> list[dict]:
+    """The inverse of `scene_arrays` (up to the first END): JSON-friendly object dicts, with
+    ``DEFAULTS`` for the attributes that do not apply."""
+    d = domain or _this()
     out = []
     for t, attrs, loc in zip(
         np.asarray(types), np.asarray(attributes), np.asarray(locations), strict=True
     ):
         t = int(t)
-        if t >= END:
+        if t >= len(d.OBJECTS):
             break
-        name = OBJECTS[t]
-        size, flip, pose, expr = (int(a) for a in attrs)
-        out.append(
-            {
-                "name": name,
-                "size": SIZES[size],
-                "flip": flip if name in FLIPPABLE else 0,
-                "pose": POSES[pose] if name in PEOPLE else None,
-                "expression": EXPRESSIONS[expr] if name in PEOPLE else None,
-                "x": int(loc) % GRID,
-                "y": int(loc) // GRID,
-            }
-        )
+        name = d.OBJECTS[t]
+        obj = {"name": name}
+        for (attr, values), a in zip(d.ATTRIBUTE_VALUES.items(), attrs, strict=True):
+            obj[attr] = values[int(a)] if d.applies(name, attr) else d.DEFAULTS[attr]
+        obj.update(x=int(loc) % d.GRID, y=int(loc) // d.GRID)
+        out.append(obj)
     return out
+
+
+def truth_objects(truth: dict) -> list[dict]:
+    """The objects of a ground truth, in drawing order."""
+    return truth["objects"]
+
+
+def _this():
+    import sys
+
+    return sys.modules[__name__]
 
 
 class ScenesSource:

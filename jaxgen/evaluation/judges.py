@@ -139,7 +139,8 @@ class DigitsClassifierJudge(Judge):
         }
 
 
-JUDGES = {"shapes": ShapesJudge, "digits": DigitsClassifierJudge}
+# Layouts of shapes (Text2Scene) are shapes scenes: the same captions, truths and judge.
+JUDGES = {"shapes": ShapesJudge, "shapes_layouts": ShapesJudge, "digits": DigitsClassifierJudge}
 
 
 def build_judge(data_config) -> Judge:

@@ -140,7 +140,8 @@ def scene_scores(
 
 def summarize(scores: Sequence[dict], attributes: Sequence[str] = ()) -> dict[str, float]:
     """Means over scenes with 95% intervals (``<key>``, ``<key>_lo``, ``<key>_hi``); attribute
-    accuracies pooled over the objects counted (Wilson intervals), with ``<attr>_count``."""
+    accuracies pooled over the objects counted (Wilson intervals), as ``<attr>_accuracy`` with
+    ``<attr>_count``."""
     out = {}
     for key in ("u_precision", "u_recall", "u_coord", "b_precision", "b_recall", "b_coord"):
         values = [s[key] for s in scores if s[key] is not None]
@@ -152,6 +153,6 @@ def summarize(scores: Sequence[dict], attributes: Sequence[str] = ()) -> dict[st
         correct = sum(s[attr][0] for s in scores)
         counted = sum(s[attr][1] for s in scores)
         if counted:
-            out.update(intervals.rate(attr, correct / counted, counted))
+            out.update(intervals.rate(f"{attr}_accuracy", correct / counted, counted))
             out[f"{attr}_count"] = float(counted)
     return out

@@ -9,6 +9,7 @@ object, as one compiled program for a batch of descriptions.
 """
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,8 @@ from jaxgen.pipelines import state as state_lib
 from jaxgen.pipelines.base import Pipeline
 
 DECODINGS = ("greedy", "sample", "beam")
+# data.name -> the module that defines its layouts (objects, attributes, grid, words, sprites).
+DOMAINS = {"scenes": "jaxgen.data.scenes", "shapes_layouts": "jaxgen.data.shapes_layout"}
 
 
 def _nll(logits, labels):
@@ -54,31 +57,32 @@ class Text2ScenePipeline(Pipeline):
     def __init__(self, config, load_run=None):
         super().__init__(config, load_run)
         dc, mc = config.data, config.model
-        if dc.name != "scenes":
+        if dc.name not in DOMAINS:
             raise ValueError(
-                f"text2scene composes scenes of the embedded 'scenes' dataset; got data.name="
-                f"{dc.name!r}."
+                f"text2scene composes the embedded 'scenes' dataset or layouts of 'shapes' "
+                f"('shapes_layouts'); got data.name={dc.name!r}."
             )
+        self.domain = importlib.import_module(DOMAINS[dc.name])
+        d = self.domain
         self.image_size = int(dc.image_size)
         self.max_words = int(dc.max_text_len)
-        self.bank = scenes.sprite_bank(self.image_size)
+        self.bank = d.sprite_bank(self.image_size)
         self.canvas = scenes.JaxCanvas(self.bank)
-        self.attribute_names = tuple(scenes.ATTRIBUTES)
+        self.attribute_names = tuple(d.ATTRIBUTES)
+        self.end = len(d.OBJECTS)  # the what head's end-of-scene class
         self.model = Text2Scene(
-            vocab_size=len(scenes.VOCAB),
-            num_objects=len(scenes.OBJECTS),
-            attributes=tuple(scenes.ATTRIBUTES.values()),
-            grid=scenes.GRID,
+            vocab_size=len(d.VOCAB),
+            num_objects=len(d.OBJECTS),
+            attributes=tuple(d.ATTRIBUTES.values()),
+            grid=d.GRID,
             image_size=self.image_size,
             max_words=self.max_words,
             **mc.network.to_dict(),
         )
-        self.steps = scenes.MAX_OBJECTS + 1
-        self.start_id = len(scenes.OBJECTS) + 1  # the previous-object input of step 0
+        self.steps = d.MAX_OBJECTS + 1
+        self.start_id = self.end + 1  # the previous-object input of step 0
         # [objects + end, attributes]: which heads count for each object (end: none).
-        applies = [
-            [scenes.applies(name, a) for a in self.attribute_names] for name in scenes.OBJECTS
-        ]
+        applies = [[d.applies(name, a) for a in self.attribute_names] for name in d.OBJECTS]
         self.applies = jnp.asarray(applies + [[False] * len(self.attribute_names)])
         self.tx = state_lib.make_optimizer(config.train)
         self.learning_rate = state_lib.make_learning_rate(config.train)
@@ -88,8 +92,9 @@ class Text2ScenePipeline(Pipeline):
         """uint8 ``[B, T, S, S, 3]``: the true canvas before each step."""
         objects = batch["objects"]
         sprites = self.canvas.sprite_ids(objects, batch["attributes"])
-        xs, ys = batch["locations"] % scenes.GRID, batch["locations"] // scenes.GRID
-        valid = objects < scenes.END
+        grid = self.domain.GRID
+        xs, ys = batch["locations"] % grid, batch["locations"] // grid
+        valid = objects < self.end
         steps = jax.vmap(self.canvas.render_steps)(sprites, xs, ys, valid)
         return steps[:, : self.steps]
 
@@ -118,7 +123,7 @@ class Text2ScenePipeline(Pipeline):
             return state
         from jaxgen.data import abstract_scenes
 
-        vectors, found = abstract_scenes.read_word_vectors(path, list(scenes.VOCAB))
+        vectors, found = abstract_scenes.read_word_vectors(path, list(self.domain.VOCAB))
         params = state.params["text2scene"]
         table = params["text"]["embed"]["embedding"]
         if vectors.shape != table.shape:
@@ -126,7 +131,8 @@ class Text2ScenePipeline(Pipeline):
                 f"{path} has {vectors.shape[1]}-dimensional vectors but the word embedding is "
                 f"{table.shape[1]}-dimensional: set model.network.embed_dim={vectors.shape[1]}."
             )
-        missing = [w for w, ok in zip(scenes.VOCAB[1:], found[1:], strict=True) if not ok]
+        vocab = self.domain.VOCAB[1:]
+        missing = [w for w, ok in zip(vocab, found[1:], strict=True) if not ok]
         if missing:
             logging.warning(
                 "%s lacks %d words (%s); they start random.",
@@ -156,7 +162,7 @@ class Text2ScenePipeline(Pipeline):
             self._previous(objects),
             objects,
         )
-        placed = steps & (objects < scenes.END)
+        placed = steps & (objects < self.end)
         what = _masked_mean(_nll(out["what"], objects), steps)
         where = _masked_mean(_nll(out["location"], batch["locations"]), placed)
         loc = batch["locations"][..., None, None]
@@ -247,9 +253,9 @@ class Text2ScenePipeline(Pipeline):
         return loc, jnp.stack(attrs, -1), logp
 
     def _draw(self, canvas, obj, attrs, loc):
-        placed = obj < scenes.END
+        placed = obj < self.end
         sprite = self.canvas.sprite_ids(obj, attrs)
-        x, y = loc % scenes.GRID, loc // scenes.GRID
+        x, y = loc % self.domain.GRID, loc // self.domain.GRID
         return jax.vmap(self.canvas.draw)(canvas, sprite, x, y, placed), placed
 
     def _start(self, params, rows):
@@ -281,7 +287,7 @@ class Text2ScenePipeline(Pipeline):
                 )
 
             state, logits, context = self._observe(params, state, canvas, previous, text, mask)
-            obj = jnp.where(done, scenes.END, pick(logits, len(scenes.ATTRIBUTES) + 1))
+            obj = jnp.where(done, self.end, pick(logits, len(self.attribute_names) + 1))
             loc, attrs, _ = self._place(params, state, obj, context, text, mask, pick)
             canvas, placed = self._draw(canvas, obj, attrs, loc)
             out = (obj, attrs, jnp.where(placed, loc, 0), jax.vmap(self.canvas.crop)(canvas))
@@ -302,11 +308,11 @@ class Text2ScenePipeline(Pipeline):
         summed log-probability of all choices so far, and keeps the ``beam`` best. Finished
         beams extend only by END at no cost. Width 1 is greedy decoding. Returns what
         `_decode` returns, for the best beam."""
-        b, k, o = words.shape[0], beam, len(scenes.OBJECTS) + 1
+        b, k, o = words.shape[0], beam, self.end + 1
         n = b * k
         text, mask = self.model.apply({"params": params}, words, method=self.model.encode_text)
         text, mask = jnp.repeat(text, k, 0), jnp.repeat(mask, k, 0)
-        end_only = jnp.where(jnp.arange(o) == scenes.END, 0.0, -1e9)
+        end_only = jnp.where(jnp.arange(o) == self.end, 0.0, -1e9)
 
         def greedy(logits, index):
             del index
@@ -327,7 +333,7 @@ class Text2ScenePipeline(Pipeline):
                 rep(mask),
                 greedy,
             )
-            placed = top_obj.reshape(-1) < scenes.END
+            placed = top_obj.reshape(-1) < self.end
             cand = top_lp.reshape(-1) + jnp.where(placed, place_lp, 0.0)  # [N * k]
             total = (score.reshape(n, 1) + cand.reshape(n, k)).reshape(b, k * k)
             score, idx = jax.lax.top_k(total, k)  # [B, K]
@@ -350,8 +356,8 @@ class Text2ScenePipeline(Pipeline):
         t = self.steps
         first = jax.vmap(self.canvas.crop)(canvas)
         hist = (
-            jnp.full((n, t), scenes.END, jnp.int32),
-            jnp.zeros((n, t, len(scenes.ATTRIBUTES)), jnp.int32),
+            jnp.full((n, t), self.end, jnp.int32),
+            jnp.zeros((n, t, len(self.attribute_names)), jnp.int32),
             jnp.zeros((n, t), jnp.int32),
             jnp.broadcast_to(first[:, None], (n, t + 1, *first.shape[1:])),
         )
@@ -364,10 +370,10 @@ class Text2ScenePipeline(Pipeline):
 
     def tokenize(self, prompts):
         """Word ids ``[N, data.max_text_len]`` of descriptions; ``PromptError`` for an empty,
-        over-long or non-text description or a word outside `scenes.VOCAB`."""
+        over-long or non-text description or a word outside the dataset's vocabulary."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        return np.stack([scenes.encode_words(p, self.max_words) for p in prompts])
+        return np.stack([self.domain.encode_words(p, self.max_words) for p in prompts])
 
     def compose(
         self,
@@ -420,7 +426,7 @@ class Text2ScenePipeline(Pipeline):
     def generate_scenes(self, state, prompts, rng, **options) -> list[list[dict]]:
         """The composed scenes as JSON-friendly lists of objects, in drawing order."""
         objs, attrs, locs, _ = self.compose(state, prompts, rng, **options)
-        return [scenes.objects_from_arrays(*s) for s in zip(objs, attrs, locs, strict=True)]
+        return [self.domain.objects_from_arrays(*s) for s in zip(objs, attrs, locs, strict=True)]
 
     def composition_steps(self, state, prompts, rng, **options) -> np.ndarray:
         """uint8 ``[N, T + 1, S, S, 3]``: the canvas before any object and after each step (the
@@ -429,14 +435,16 @@ class Text2ScenePipeline(Pipeline):
 
     # -- evaluation -----------------------------------------------------------------------
     def scene_evaluator(self, plan, **options):
+        """The paper's metrics (`jaxgen.evaluation.scene_metrics`) of the decoded scenes of each
+        split's first ``plan.num_samples`` descriptions, and each attribute's chance rate."""
+
         def evaluate(state, rng):
+            from jaxgen import data as data_lib
             from jaxgen.evaluation import scene_metrics
 
-            results = {}
+            d, results = self.domain, {}
             for split in plan.splits:
-                source = scenes.ScenesSource(
-                    split, self.image_size, int(self.config.data.seed), max_text_len=self.max_words
-                )
+                source = data_lib.build_source(self.config.data, split)
                 truths = [source.truth(i) for i in range(plan.num_samples)]
                 predicted = self.generate_scenes(
                     state, [t["caption"] for t in truths], rng, **options
@@ -444,17 +452,17 @@ class Text2ScenePipeline(Pipeline):
                 scores = [
                     scene_metrics.scene_scores(
                         p,
-                        t["objects"],
-                        categories=scenes.OBJECTS,
-                        grid=scenes.GRID,
+                        d.truth_objects(t),
+                        categories=d.OBJECTS,
+                        grid=d.GRID,
                         box_of=self._box,
                         attributes=self.attribute_names,
-                        applies=scenes.applies,
+                        applies=d.applies,
                     )
                     for p, t in zip(predicted, truths, strict=True)
                 ]
                 summary = scene_metrics.summarize(scores, self.attribute_names)
-                for name, k in scenes.ATTRIBUTES.items():
+                for name, k in d.ATTRIBUTES.items():
                     summary[f"{name}_chance"] = 1.0 / k
                 results.update({f"{split}/{k}": v for k, v in summary.items()})
             return results
@@ -462,8 +470,11 @@ class Text2ScenePipeline(Pipeline):
         return evaluate
 
     def _box(self, obj):
-        h, w = scenes.sprite_size(obj["name"], obj["size"], self.image_size)
+        h, w = self.domain.sprite_size(obj["name"], obj["size"], self.image_size)
         return w / self.image_size, h / self.image_size
 
     def evaluators(self, plan):
-        return [self.scene_evaluator(plan)]
+        evaluators = [self.scene_evaluator(plan)]
+        if self.judge.has_truth:  # layouts of shapes: the shared judge reads the renders
+            evaluators.append(self.sampled_evaluator(plan))
+        return evaluators
