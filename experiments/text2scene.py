@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             text_encoder="gru",  # the paper's bidirectional GRU; "transformer" the option
             canvas=True,  # False: the ablation blind to what it drew
             spatial_attention=True,  # False: the what decoder average-pools the canvas
+            # False: that decoder averages the words instead of attending (paper's ablations)
+            what_attention=True,
+            where_attention=True,
         )
     )
     # Pretrained word vectors in GloVe's text format (a path; the paper uses GloVe-300 with

@@ -387,6 +387,20 @@ def test_model_output_shapes(text_encoder):
     assert float(jnp.abs(out["what_attention"][..., -3:]).max()) == 0.0
 
 
+def test_ablations_without_attention_average_the_words_and_the_canvas():
+    model = _model(what_attention=False, where_attention=False, spatial_attention=False)
+    inputs = _inputs()
+    params = model.init(jax.random.key(1), *inputs)["params"]
+    assert "what_text_attn" not in params and "spatial_attn" not in params
+    out = model.apply({"params": params}, *inputs)
+    words = np.asarray(inputs[0] > 0, np.float32)
+    uniform = words / words.sum(-1, keepdims=True)
+    for key in ("what_attention", "where_attention"):
+        np.testing.assert_allclose(
+            out[key], np.broadcast_to(uniform[:, None], (B, T, L)), rtol=1e-6
+        )
+
+
 def test_blind_model_ignores_the_canvas():
     words, canvases, prev, objs = _inputs()
     for canvas_on, expect_change in ((True, True), (False, False)):

@@ -127,6 +127,8 @@ class Text2Scene(nn.Module):
       canvas: False gives the "blind" ablation: the canvas image is replaced by the background
         (zeros), so the model never sees what it drew.
       spatial_attention: False replaces the what decoder's spatial attention by average pooling.
+      what_attention, where_attention: False replaces that decoder's attention over the words by
+        their average (the paper's ablations without text attention).
       max_words: longest description (transformer positions).
     """
 
@@ -141,6 +143,8 @@ class Text2Scene(nn.Module):
     text_encoder: str = "gru"
     canvas: bool = True
     spatial_attention: bool = True
+    what_attention: bool = True
+    where_attention: bool = True
     max_words: int = 72
 
     def setup(self):
@@ -215,16 +219,35 @@ class Text2Scene(nn.Module):
             pooled, _ = self.spatial_attn(prev, cells, ones)
         else:
             pooled = cells.mean(-2)
-        context, attn = self.what_text_attn(jnp.concatenate([pooled, prev], -1), text, text_mask)
+        context, attn = self._text_context(
+            self.what_text_attn,
+            self.what_attention,
+            jnp.concatenate([pooled, prev], -1),
+            text,
+            text_mask,
+        )
         h = nn.relu(self.what_mlp(jnp.concatenate([pooled, context, prev], -1)))
         return self.what_out(h), context, attn
+
+    @staticmethod
+    def _text_context(attention, enabled, query, text, text_mask):
+        if enabled:
+            return attention(query, text, text_mask)
+        # Without attention: the words' average, i.e. uniform weights over the real words.
+        weights = text_mask / jnp.maximum(text_mask.sum(-1, keepdims=True), 1)
+        weights = jnp.broadcast_to(weights, (*query.shape[:-1], text_mask.shape[-1]))
+        return jnp.einsum("...n,...nk->...k", weights, text), weights
 
     def where(self, state, obj, what_context, text, text_mask):
         """Per-cell location logits ``[..., G * G]`` and attribute logits (a list of
         ``[..., G * G, k]``), and the where text attention ``[..., L]``."""
         emb = self.object_embed(obj)
-        context, attn = self.where_text_attn(
-            jnp.concatenate([what_context, emb], -1), text, text_mask
+        context, attn = self._text_context(
+            self.where_text_attn,
+            self.where_attention,
+            jnp.concatenate([what_context, emb], -1),
+            text,
+            text_mask,
         )
         query = jnp.concatenate([context, emb], -1)
         # A convolution over [state ; query tiled over the grid] is the state's convolution
