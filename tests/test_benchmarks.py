@@ -204,6 +204,16 @@ def test_text2scene_speed_reports_training_and_three_decodings():
     assert_one_error_line(proc, "Unknown config key")
 
 
+def test_text2scene_ceiling_oracle_reads_every_object_from_its_description():
+    proc = run_benchmark("text2scene_ceiling.py", "--num=60", "--split=val")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row[0]: [float(v) for v in row[1:]] for row in table_rows(proc.stdout)[1:]}
+    for name in ("sampled", "centre"):
+        u_precision, u_recall, u_coord, b_precision, b_recall, b_coord = rows[name]
+        assert u_precision == u_recall == 1.0  # the description names every object
+        assert 0 < b_coord < 1 and 0 < b_precision <= 1 and 0 < b_recall <= 1
+
+
 def test_tokenizer_codes_counts_one_background_code_for_a_cell_tokenizer(tmp_path):
     from helpers import run_cli
 
