@@ -20,8 +20,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     smoke = "smoke" in options
     config = base_config("text2scene", "scenes" if dataset == "scenes" else "shapes_layouts")
     config.data.image_size = 64 if dataset == "scenes" else 32
-    # Words; the longest scenes description has 71, the longest shapes caption 14.
-    config.data.max_text_len = 72 if dataset == "scenes" else 24
+    # Words: the longest scenes description has 86 (scenes.MAX_WORDS), a shapes caption 14.
+    config.data.max_text_len = 86 if dataset == "scenes" else 24
 
     config.model.network = ml_collections.ConfigDict(
         dict(

@@ -133,11 +133,21 @@ def test_scenes_are_deterministic_ordered_and_held_out_combinations_stay_out():
         assert all(combos(scenes.sample_truth(split, i)) & held for i in range(200))
 
 
+def test_every_description_fits_the_word_budget():
+    lengths = [
+        len(scenes.split_words(scenes.sample_truth(split, i)["caption"]))
+        for split in ("train", "heldout")
+        for i in range(3000)
+    ]
+    assert max(lengths) <= scenes.MAX_WORDS
+    assert experiment_config("text2scene").data.max_text_len == scenes.MAX_WORDS
+
+
 def test_source_arrays_round_trip_and_the_loop_can_batch_them():
     source = scenes.ScenesSource("val", S)
     item = source[3]
     assert item["image"].shape == (S, S, 3) and item["image"].dtype == np.uint8
-    assert item["tokens"].shape == (72,) and item["tokens"].dtype == np.int32
+    assert item["tokens"].shape == (scenes.MAX_WORDS,) and item["tokens"].dtype == np.int32
     t = scenes.MAX_OBJECTS + 1
     chex.assert_shape([item["objects"], item["locations"], item["steps"]], (t,))
     chex.assert_shape(item["attributes"], (t, len(scenes.ATTRIBUTES)))
@@ -434,7 +444,9 @@ def test_attention_loss_against_a_direct_sum():
 def smoke_pipeline():
     config = experiment_config("text2scene", "smoke")
     pipe = build_pipeline(config)
-    source = scenes.ScenesSource("train", config.data.image_size, max_text_len=72)
+    source = scenes.ScenesSource(
+        "train", config.data.image_size, max_text_len=config.data.max_text_len
+    )
     items = [source[i] for i in range(4)]
     batch = {k: jnp.asarray(np.stack([it[k] for it in items])) for k in items[0]}
     state = pipe.init(jax.random.key(0), batch)

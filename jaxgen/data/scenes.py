@@ -90,6 +90,10 @@ DEFAULTS: dict[str, object] = {"size": None, "flip": 0, "pose": None, "expressio
 COLUMNS: tuple[str, ...] = ("left", "middle", "right")
 GRID = 16
 MIN_OBJECTS, MAX_OBJECTS = 2, 6
+# The longest description: two people (15 words: "a big surprised girl is jumping to the left
+# of the dog facing right .") and four sky objects (14: "a little kite is in the sky to the
+# right of the boy .").
+MAX_WORDS = 2 * 15 + 4 * 14
 
 #: (type, attribute value) pairs that never occur in train/val/test scenes.
 HELDOUT_COMBOS: tuple[tuple[str, str], ...] = (
@@ -848,7 +852,7 @@ class ScenesSource:
       image_size: canvas side S (>= 32).
       seed: dataset seed.
       num_examples: length (default `DEFAULT_LENGTHS[split]`).
-      max_text_len: words per description (the longest has 6 sentences of at most 12 words).
+      max_text_len: words per description (`MAX_WORDS` fits every one).
     """
 
     def __init__(
@@ -857,7 +861,7 @@ class ScenesSource:
         image_size: int = 64,
         seed: int = 0,
         num_examples: int | None = None,
-        max_text_len: int = 72,
+        max_text_len: int = MAX_WORDS,
     ):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {tuple(SPLITS)}")
