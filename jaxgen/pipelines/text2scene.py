@@ -4,8 +4,12 @@ Training is teacher-forced (paper section 3.5): the ground-truth canvas before e
 rendered inside the compiled step by the JAX sprite renderer, and the loss is the weighted
 negative log-likelihood of the next object (weight 5 in the paper), its location (2) and its
 attributes (2), plus the attention loss ``sum_w (1 - sum_t alpha_{t,w})^2`` of each decoder.
-Decoding (greedy, or sampling) runs the whole composition, re-rendering the canvas after every
-object, as one compiled program for a batch of descriptions.
+Decoding (greedy, sampling or beam search) runs the whole composition, re-rendering the canvas
+after every object, as one compiled program for a batch of descriptions.
+
+The pipeline composes any layout domain with the interface of `jaxgen.data.scenes` (the
+embedded clip-art scenes) and `jaxgen.data.shapes_layout` (layouts of `shapes` captions, which
+the shapes judge scores like every text-to-image family's images).
 """
 
 import functools
@@ -49,7 +53,7 @@ def attention_loss(weights, step_mask, word_mask):
 
 
 class Text2ScenePipeline(Pipeline):
-    """The Text2Scene network on the `scenes` dataset.
+    """The Text2Scene network on `scenes` or on layouts of `shapes` (``DOMAINS``).
 
     State: ``params["text2scene"]``, its AdamW state and an EMA, which decoding uses.
     """
