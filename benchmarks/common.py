@@ -170,6 +170,33 @@ class Trainer:
         return self.batch_size / median(self.times[key])
 
 
+def example_batch(config, n: int = 2) -> dict:
+    """``n`` training examples of ``config``'s dataset, for ``init``."""
+    from jaxgen import data as data_lib
+
+    return workdir_lib.example_batch(data_lib.build_source(config.data, "train"), n)
+
+
+def fresh_run(config):
+    """A freshly initialised run of ``config`` (``load_run``'s shape: ``config``, ``pipeline``,
+    ``state``), the runs it refers to as ``"pretrain:<name>"`` (a CLIP, a tokenizer) freshly
+    initialised too, at its image size. For timings, which do not depend on the weights."""
+    import types
+
+    from jaxgen.config import load_experiment
+    from jaxgen.pipelines import build_pipeline
+    from jaxgen.training import pretrain
+
+    def load_run(spec: str):
+        sub = load_experiment(str(config.pretrain[spec.removeprefix(pretrain.PREFIX)]))
+        sub.data.image_size = config.data.image_size
+        return fresh_run(sub)
+
+    pipe = build_pipeline(config, load_run=load_run)
+    state = pipe.warm_start(pipe.init(jax.random.key(0), example_batch(config)))
+    return types.SimpleNamespace(config=config, pipeline=pipe, state=state)
+
+
 def train_throughput(config, label: str, steps: int, pipeline=None) -> dict:
     """Images/s of the loop's train step on ``config`` with real batches, after one warmup step
     (``pipeline``: one built already, e.g. on a tokenizer that is not in a workdir)."""

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,30 +38,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import log, median, parse_overrides, pause, timed, train_throughput  # noqa: E402
+from common import (  # noqa: E402
+    example_batch,
+    fresh_run,
+    log,
+    median,
+    parse_overrides,
+    pause,
+    timed,
+    train_throughput,
+)
 
 from jaxgen import data as data_lib  # noqa: E402
 from jaxgen.config import apply_overrides, load_experiment  # noqa: E402
 from jaxgen.models import token_sampling  # noqa: E402
-from jaxgen.pipelines import build_pipeline, dalle  # noqa: E402
-from jaxgen.training import workdir as workdir_lib  # noqa: E402
-
-
-def example_batch(config) -> dict:
-    """Two training examples of ``config``'s dataset, for ``init``."""
-    return workdir_lib.example_batch(data_lib.build_source(config.data, "train"), 2)
+from jaxgen.pipelines import dalle  # noqa: E402
 
 
 def tokenizer_run(config):
     """A freshly initialised run of the config's tokenizer experiment (``load_run``'s shape)."""
-    spec = str(config.pretrain.tokenizer)
-    tok_config = load_experiment(spec)
+    tok_config = load_experiment(str(config.pretrain.tokenizer))
     tok_config.data.image_size = config.data.image_size
-    pipe = build_pipeline(tok_config)
-    batch = example_batch(tok_config)
-    return types.SimpleNamespace(
-        config=tok_config, pipeline=pipe, state=pipe.init(jax.random.key(0), batch)
-    )
+    return fresh_run(tok_config)
 
 
 def build(config, run):

@@ -1,13 +1,18 @@
 """Speed of Text2Scene: training scenes/s (the loop's jitted step with real batches, and its XLA
 FLOPs) and decoding scenes/s for greedy decoding, sampling and beam search, each a compiled call
-on one batch of validation descriptions timed after a compiling call.
+on one batch of validation descriptions timed after a compiling call; with ``--peers``, the
+images/s of ``generate`` (layouts decoded and drawn) beside other families' ``generate`` on the
+same ``shapes`` prompts, in the same process.
 
     python benchmarks/text2scene_speed.py [--config=experiments/text2scene.py] [--workdir=W]
-        [--steps=10] [--repeats=3] [--beam=4]
+        [--steps=10] [--repeats=3] [--beam=4] [--peers=ddpm,dalle --peer_batch=16]
 
 With ``--workdir`` the decoders use that run's trained parameters (decoding stops early for no
 one: every call runs all steps, so the timing does not depend on the parameters much); without,
-a fresh initialisation. Medians of ``--repeats`` rounds.
+a fresh initialisation. Peers are experiments (``ddpm``, ``dalle``, ``experiments/x.py:variant``)
+freshly initialised with the runs they build on (their speed does not depend on the weights),
+sampled with their configs' default settings, one image per prompt, rounds interleaved with the
+layouts'. Medians of ``--repeats`` rounds.
 """
 
 import argparse
@@ -19,13 +24,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
 
 import jax  # noqa: E402
-from common import parse_overrides, train_throughput  # noqa: E402
+from common import example_batch, fresh_run, parse_overrides, train_throughput  # noqa: E402
 
 from jaxgen import api  # noqa: E402
+from jaxgen import data as data_lib  # noqa: E402
 from jaxgen.config import apply_overrides, load_experiment  # noqa: E402
-from jaxgen.data import scenes  # noqa: E402
 from jaxgen.training import workdir as workdir_lib  # noqa: E402
 from jaxgen.training.checkpoint import NoCheckpointError  # noqa: E402
+
+
+def peer_speeds(pipe, state, config, peers, batch, repeats) -> dict[str, float]:
+    """Images/s of ``generate`` for the layouts and each peer experiment, on the same ``batch``
+    ``shapes`` validation prompts, rounds interleaved."""
+    source = data_lib.build_source(config.data, "val")
+    prompts = [source.truth(i)["caption"] for i in range(batch)]
+    runs = {"text2scene layouts": (pipe, state)}
+    for spec in peers:
+        run = fresh_run(load_experiment(spec))
+        if run.config.data.name != "shapes":
+            raise SystemExit(f"peer {spec} is trained on {run.config.data.name!r}, not shapes.")
+        runs[spec] = (run.pipeline, run.state)
+    speeds = {name: [] for name in runs}
+    for r in range(repeats + 1):  # round 0 compiles
+        for name, (p, st) in runs.items():
+            start = time.perf_counter()
+            images = p.generate(st, prompts, jax.random.key(r))
+            jax.block_until_ready(images)
+            if r:
+                speeds[name].append(batch / (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in speeds.items()}
 
 
 def main() -> None:
@@ -36,6 +63,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--peers", default="", help="experiments to time beside the layouts")
+    parser.add_argument("--peer_batch", type=int, default=16, help="prompts per generate call")
     args = parser.parse_args()
     try:
         if args.workdir:
@@ -49,12 +78,14 @@ def main() -> None:
         raise SystemExit(f"error: {e}") from None
     if config.pipeline != "text2scene":
         raise SystemExit(f"{args.config or args.workdir} is a {config.pipeline!r} config.")
+    peers = [p for p in args.peers.split(",") if p]
+    if peers and config.data.name != "shapes_layouts":
+        raise SystemExit("--peers times layouts of shapes: use experiments/text2scene.py:shapes.")
     train = train_throughput(config, "text2scene", args.steps)
     if state is None:
-        item = scenes.ScenesSource("train", int(config.data.image_size))[0]
-        state = pipe.init(jax.random.key(0), {k: v[None] for k, v in item.items()})
+        state = pipe.init(jax.random.key(0), example_batch(config, 1))
     batch = int(config.sample.batch_size)
-    source = scenes.ScenesSource("val", int(config.data.image_size))
+    source = data_lib.build_source(config.data, "val")
     prompts = [source.truth(i)["caption"] for i in range(batch)]
     decodings = {
         "greedy": {"decoding": "greedy"},
@@ -77,6 +108,13 @@ def main() -> None:
     print(f"| parameters | {train['parameters']:,} |")
     for name, values in speeds.items():
         print(f"| decoding scenes/s, {name} (batch {batch}) | {statistics.median(values):.1f} |")
+    if peers:
+        speeds = peer_speeds(pipe, state, config, peers, args.peer_batch, args.repeats)
+        ours = speeds["text2scene layouts"]
+        for name, value in speeds.items():
+            print(f"| generate images/s, {name} (batch {args.peer_batch}) | {value:.2f} |")
+        for name in peers:
+            print(f"| text2scene layouts / {name} | {ours / speeds[name]:.2f} |")
 
 
 if __name__ == "__main__":

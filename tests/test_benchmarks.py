@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import pytest
 from helpers import run_benchmark, table_rows
 
 
@@ -202,6 +203,28 @@ def test_text2scene_speed_reports_training_and_three_decodings():
         "text2scene_speed.py", "--config=experiments/text2scene.py:smoke", "--set=x=1"
     )
     assert_one_error_line(proc, "Unknown config key")
+
+
+def test_text2scene_speed_times_layouts_beside_peers_on_the_same_prompts():
+    proc = run_benchmark(
+        "text2scene_speed.py",
+        "--config=experiments/text2scene.py:shapes,smoke",
+        "--steps=1",
+        "--repeats=1",
+        "--beam=2",
+        "--peers=ddpm:smoke",
+        "--peer_batch=4",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {row[0]: row[1] for row in table_rows(proc.stdout)}
+    ours = float(rows["generate images/s, text2scene layouts (batch 4)"])
+    peer = float(rows["generate images/s, ddpm:smoke (batch 4)"])
+    assert ours > 0 and peer > 0
+    assert float(rows["text2scene layouts / ddpm:smoke"]) == pytest.approx(ours / peer, rel=0.02)
+    proc = run_benchmark(
+        "text2scene_speed.py", "--config=experiments/text2scene.py:smoke", "--peers=ddpm:smoke"
+    )
+    assert_one_error_line(proc, "--peers times layouts of shapes")
 
 
 def test_text2scene_ceiling_oracle_reads_every_object_from_its_description():
