@@ -34,7 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             # False: that decoder averages the words instead of attending (paper's ablations)
             what_attention=True,
             where_attention=True,
-            coords=False,  # True: cell coordinates for the where head (CoordConv)
         )
     )
     # Pretrained word vectors in GloVe's text format (a path; the paper uses GloVe-300 with

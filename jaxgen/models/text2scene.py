@@ -129,10 +129,6 @@ class Text2Scene(nn.Module):
       spatial_attention: False replaces the what decoder's spatial attention by average pooling.
       what_attention, where_attention: False replaces that decoder's attention over the words by
         their average (the paper's ablations without text attention).
-      coords: adds each cell's (x, y) to the canvas state the spatial attention reads and the
-        where head convolves, and the attended canvas summary to the where head's query, so
-        that "to the left of what I drew" is computable at every cell (CoordConv, Liu et al.
-        2018); the 3x3 head alone sees a few cells around each one.
       max_words: longest description (transformer positions).
     """
 
@@ -149,7 +145,6 @@ class Text2Scene(nn.Module):
     spatial_attention: bool = True
     what_attention: bool = True
     where_attention: bool = True
-    coords: bool = False
     max_words: int = 72
 
     def setup(self):
@@ -218,7 +213,6 @@ class Text2Scene(nn.Module):
             against the leading axes.
         """
         prev = self.object_embed(previous)
-        state = self._with_coords(state)
         cells = state.reshape((*state.shape[:-3], -1, state.shape[-1]))
         if self.spatial_attention:
             ones = jnp.ones(cells.shape[:-1], bool)
@@ -233,16 +227,7 @@ class Text2Scene(nn.Module):
             text_mask,
         )
         h = nn.relu(self.what_mlp(jnp.concatenate([pooled, context, prev], -1)))
-        if self.coords:  # the where decoder also gets the canvas summary
-            context = jnp.concatenate([context, pooled], -1)
         return self.what_out(h), context, attn
-
-    def _with_coords(self, state):
-        if not self.coords:
-            return state
-        ramp = (jnp.arange(self.grid) + 0.5) / self.grid * 2.0 - 1.0
-        xy = jnp.stack(jnp.meshgrid(ramp, ramp, indexing="xy"), -1)  # [G, G, 2]: (x, y)
-        return jnp.concatenate([state, jnp.broadcast_to(xy, (*state.shape[:-1], 2))], -1)
 
     @staticmethod
     def _text_context(attention, enabled, query, text, text_mask):
@@ -265,9 +250,6 @@ class Text2Scene(nn.Module):
             text_mask,
         )
         query = jnp.concatenate([context, emb], -1)
-        if self.coords:
-            query = jnp.concatenate([query, what_context], -1)
-            state = self._with_coords(state)
         # A convolution over [state ; query tiled over the grid] is the state's convolution
         # plus the query's projection added at every cell (up to the zero padding at the
         # borders); adding it saves the convolution over the tiled channels.
