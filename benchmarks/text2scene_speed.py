@@ -16,15 +16,20 @@ layouts'. Medians of ``--repeats`` rounds.
 """
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jaxgen from the checkout
 
 import jax  # noqa: E402
-from common import example_batch, fresh_run, parse_overrides, train_throughput  # noqa: E402
+from common import (  # noqa: E402
+    example_batch,
+    fresh_run,
+    median,
+    parse_overrides,
+    timed,
+    train_throughput,
+)
 
 from jaxgen import api  # noqa: E402
 from jaxgen import data as data_lib  # noqa: E402
@@ -44,15 +49,12 @@ def peer_speeds(pipe, state, config, peers, batch, repeats) -> dict[str, float]:
         if run.config.data.name != "shapes":
             raise SystemExit(f"peer {spec} is trained on {run.config.data.name!r}, not shapes.")
         runs[spec] = (run.pipeline, run.state)
-    speeds = {name: [] for name in runs}
+    seconds = {name: [] for name in runs}
     for r in range(repeats + 1):  # round 0 compiles
         for name, (p, st) in runs.items():
-            start = time.perf_counter()
-            images = p.generate(st, prompts, jax.random.key(r))
-            jax.block_until_ready(images)
-            if r:
-                speeds[name].append(batch / (time.perf_counter() - start))
-    return {name: statistics.median(v) for name, v in speeds.items()}
+            s = timed(lambda p=p, st=st, r=r: p.generate(st, prompts, jax.random.key(r)))
+            seconds[name] += [s] if r else []
+    return {name: batch / median(v) for name, v in seconds.items()}
 
 
 def main() -> None:
@@ -96,9 +98,8 @@ def main() -> None:
     for name, options in decodings.items():
         pipe.compose(state, prompts, jax.random.key(0), **options)  # compiles
         for r in range(args.repeats):
-            start = time.perf_counter()
-            pipe.compose(state, prompts, jax.random.key(r), **options)
-            speeds[name].append(batch / (time.perf_counter() - start))
+            s = timed(lambda r=r, o=options: pipe.compose(state, prompts, jax.random.key(r), **o))
+            speeds[name].append(batch / s)
     print(f"\ntext2scene ({args.workdir or args.config}), jax {jax.__version__}\n")
     print("| measure | value |")
     print("|---|---:|")
@@ -107,7 +108,7 @@ def main() -> None:
     print(f"| training GFLOP/s | {train['achieved_gflop_per_s']:.1f} |")
     print(f"| parameters | {train['parameters']:,} |")
     for name, values in speeds.items():
-        print(f"| decoding scenes/s, {name} (batch {batch}) | {statistics.median(values):.1f} |")
+        print(f"| decoding scenes/s, {name} (batch {batch}) | {median(values):.1f} |")
     if peers:
         speeds = peer_speeds(pipe, state, config, peers, args.peer_batch, args.repeats)
         ours = speeds["text2scene layouts"]
