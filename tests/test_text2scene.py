@@ -569,6 +569,37 @@ def test_beam_search_of_width_one_is_greedy_and_wider_beams_draw_what_they_decid
         pipe.compose(state, prompts, key, decoding="beam", beam_size=0)
 
 
+def test_beam_search_ranks_per_decision_step_not_by_the_sum():
+    """A toy model where the summed log-probability prefers the empty scene: the first step
+    gives object 0 a probability of 0.7 and END 0.3, placing the object costs log 0.2, and after
+    it END is all but sure. Summed, the empty scene wins (log 0.3 against log 0.7 + log 0.2);
+    per decision step the object wins, as greedy decoding chooses it."""
+    pipe = build_pipeline(experiment_config("text2scene", "smoke"))
+    o = pipe.end + 1
+    first = jnp.full((o,), 1e-6).at[0].set(0.7).at[pipe.end].set(0.3)
+    after = jnp.full((o,), 1e-6).at[pipe.end].set(1.0)
+    place_lp = math.log(0.2)
+    assert math.log(0.3) > math.log(0.7) + place_lp + math.log(1 - 1e-6 * (o - 1))
+
+    def observe(params, state, canvas, previous, text, mask):
+        probs = jnp.where((previous == pipe.start_id)[:, None], first, after)
+        return state, jnp.log(probs), jnp.zeros((previous.shape[0], 1))
+
+    def place(params, state, obj, context, text, mask, pick):
+        n = obj.shape[0]
+        loc = jnp.full((n,), 8 * 16 + 8, jnp.int32)
+        return loc, jnp.zeros((n, len(pipe.attribute_names)), jnp.int32), jnp.full((n,), place_lp)
+
+    pipe._observe, pipe._place = observe, place
+    words = jnp.asarray(pipe.tokenize(["a sun is on the left side ."] * 2))
+    params = pipe.model.init(jax.random.key(0), words, method=pipe.model.encode_text)["params"]
+    greedy = pipe._decode(params, words, jax.random.key(0), "greedy", 1.0)
+    for width in (1, 2, 3):
+        beam = pipe._beam_decode(params, words, width)
+        np.testing.assert_array_equal(beam[0], greedy[0])
+        np.testing.assert_array_equal(beam[0][:, :2], [[0, pipe.end]] * 2)
+
+
 def test_pipeline_rejects_other_datasets():
     config = experiment_config("text2scene", "smoke")
     config.data.name = "digits"
