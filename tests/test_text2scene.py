@@ -421,6 +421,36 @@ def test_blind_model_ignores_the_canvas():
         assert bool(jnp.abs(a - b).max() > 1e-6) == expect_change
 
 
+@pytest.mark.parametrize("dilations, reach", [((1, 1), 2), ((1, 2, 4, 8), 15)])
+def test_where_head_reaches_as_far_as_its_dilations(dilations, reach):
+    """A change of the canvas state at one corner cell moves the location logits exactly at the
+    cells within the head's reach: 2 cells for two 3x3 layers, the whole grid for (1, 2, 4, 8)."""
+    model = _model(where_dilations=dilations)
+    words, canvases, prev, objs = _inputs()
+    params = model.init(jax.random.key(1), words, canvases, prev, objs)["params"]
+    assert len([k for k in params if k.startswith("where_convs_")]) == len(dilations)
+    text, mask = model.apply({"params": params}, words, method=model.encode_text)
+    state = jax.random.normal(jax.random.key(2), (B, 16, 16, 8))
+    ctx = jnp.zeros((B, 16))
+
+    def where(s):
+        loc, _, _ = model.apply(
+            {"params": params}, s, objs[:, 0], ctx, text, mask, method=model.where
+        )
+        return np.asarray(loc).reshape(B, 16, 16)
+
+    moved = np.abs(where(state.at[:, 0, 0].add(5.0)) - where(state)).max(0) > 0
+    near = (np.arange(16)[:, None] <= reach) & (np.arange(16)[None] <= reach)
+    np.testing.assert_array_equal(moved, near)
+
+
+def test_where_dilations_are_checked():
+    words, canvases, prev, objs = _inputs()
+    for bad in ((1,), (2, 1)):
+        with pytest.raises(ValueError, match="where_dilations needs"):
+            _model(where_dilations=bad).init(jax.random.key(0), words, canvases, prev, objs)
+
+
 def test_attention_loss_against_a_direct_sum():
     rng = np.random.default_rng(0)
     w = rng.dirichlet(np.ones(5), size=(3, 4))  # [B, T, L]

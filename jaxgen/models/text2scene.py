@@ -129,6 +129,9 @@ class Text2Scene(nn.Module):
       spatial_attention: False replaces the what decoder's spatial attention by average pooling.
       what_attention, where_attention: False replaces that decoder's attention over the words by
         their average (the paper's ablations without text attention).
+      where_dilations: the dilation of each 3x3 layer of the where head (the first is 1): (1, 1)
+        sees a cell's 5x5 neighbourhood of the canvas state, (1, 2, 4, 8) the whole 16x16 grid,
+        so that "left of what I drew" can be read at cells far from it.
       max_words: longest description (transformer positions).
     """
 
@@ -145,6 +148,7 @@ class Text2Scene(nn.Module):
     spatial_attention: bool = True
     what_attention: bool = True
     where_attention: bool = True
+    where_dilations: Sequence[int] = (1, 1)
     max_words: int = 72
 
     def setup(self):
@@ -177,7 +181,14 @@ class Text2Scene(nn.Module):
         self.what_mlp = nn.Dense(2 * self.hidden)
         self.what_out = nn.Dense(self.num_objects + 1)
         self.where_text_attn = Attention()
-        self.where_convs = [nn.Conv(2 * self.width, (3, 3)), nn.Conv(self.width, (3, 3))]
+        if len(self.where_dilations) < 2 or self.where_dilations[0] != 1:
+            raise ValueError(
+                "where_dilations needs at least two 3x3 layers, the first undilated, got "
+                f"{tuple(self.where_dilations)}"
+            )
+        self.where_convs = [nn.Conv(2 * self.width, (3, 3))] + [
+            nn.Conv(self.width, (3, 3), kernel_dilation=d) for d in self.where_dilations[1:]
+        ]
         self.where_query = nn.Dense(2 * self.width)
         self.where_out = nn.Conv(1 + sum(self.attributes), (1, 1))
 
@@ -257,7 +268,8 @@ class Text2Scene(nn.Module):
         x = self.where_convs[0](state.reshape((-1, *state.shape[-3:])))
         x = x + self.where_query(query).reshape((-1, 1, 1, x.shape[-1]))
         x = nn.relu(x)
-        x = nn.relu(self.where_convs[1](x))
+        for conv in self.where_convs[1:]:
+            x = nn.relu(conv(x))
         out = self.where_out(x).reshape((*lead, self.grid * self.grid, -1))
         splits = np.cumsum([1, *self.attributes])[:-1].tolist()
         pieces = jnp.split(out, splits, axis=-1)

@@ -81,7 +81,7 @@ class Text2ScenePipeline(Pipeline):
             grid=d.GRID,
             image_size=self.image_size,
             max_words=self.max_words,
-            **mc.network.to_dict(),
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in mc.network.to_dict().items()},
         )
         self.steps = d.MAX_OBJECTS + 1
         self.start_id = self.end + 1  # the previous-object input of step 0
