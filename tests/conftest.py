@@ -31,7 +31,7 @@ def smoke_run(tmp_path_factory) -> helpers.SmokeRun:
 
     Treat the workdir as read-only: tests that change it work on a ``helpers.copy_workdir`` copy.
     """
-    return helpers.shared_smoke_run(tmp_path_factory, "smoke_ddpm")
+    return helpers.shared_config_run(tmp_path_factory, helpers.SMOKE_CONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +54,6 @@ def reference_workdir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def clip_smoke_workdir(tmp_path_factory):
     """One CLI training of ``experiments/clip.py:smoke``, shared like ``smoke_run``."""
-    run = helpers.shared_smoke_run(
-        tmp_path_factory, "smoke_clip", config="--config=experiments/clip.py:smoke"
-    )
+    run = helpers.shared_config_run(tmp_path_factory, "--config=experiments/clip.py:smoke")
     assert run.returncode == 0, f"CLIP smoke training failed:\n{run.stderr[-4000:]}"
     return run.workdir

@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,15 @@ def shared_smoke_run(
     root.mkdir(exist_ok=True)
     with file_lock(root / "lock"):
         return train_smoke(root, *args, config=config)
+
+
+def shared_config_run(tmp_path_factory, config: str) -> SmokeRun:
+    """`shared_smoke_run` of ``config`` alone (``--config=experiments/<name>.py:smoke``), named
+    after the family: every test that trains that smoke config as it is shares one run."""
+    match = re.fullmatch(r"--config=experiments/(\w+)\.py:smoke", config)
+    if match is None:
+        raise ValueError(f"not a smoke config of experiments/: {config!r}")
+    return shared_smoke_run(tmp_path_factory, f"smoke_{match.group(1)}", config=config)
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

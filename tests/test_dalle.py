@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import copy_workdir, experiment_config, run_cli, shared_smoke_run
+from helpers import copy_workdir, experiment_config, run_cli, shared_config_run
 
 import jaxgen
 from jaxgen.data import tokenizer
@@ -417,7 +417,7 @@ SMOKE = "--config=experiments/dalle.py:smoke"
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """``dalle.py:smoke`` trained once per test session (its dVAE first)."""
-    return shared_smoke_run(tmp_path_factory, "dalle_smoke", config=SMOKE)
+    return shared_config_run(tmp_path_factory, SMOKE)
 
 
 def _check_run(workdir):

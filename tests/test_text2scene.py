@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import copy_workdir, experiment_config, run_cli, shared_smoke_run
+from helpers import copy_workdir, experiment_config, run_cli, shared_config_run
 
 import jaxgen
 from jaxgen.data import abstract_scenes, scenes, shapes_layout
@@ -640,7 +640,7 @@ def test_pipeline_rejects_other_datasets():
 # -- the CLI ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    return shared_smoke_run(tmp_path_factory, "text2scene_smoke", config=SMOKE)
+    return shared_config_run(tmp_path_factory, SMOKE)
 
 
 def test_cli_trains_resumes_samples_evaluates_and_loads(smoke_run, tmp_path):

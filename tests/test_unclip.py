@@ -14,7 +14,7 @@ from helpers import (
     experiment_config,
     run_benchmark,
     run_cli,
-    shared_smoke_run,
+    shared_config_run,
     table_rows,
 )
 
@@ -362,7 +362,7 @@ SMOKE = "--config=experiments/unclip.py:smoke"
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """``unclip.py:smoke`` trained once per test session (its CLIP first)."""
-    return shared_smoke_run(tmp_path_factory, "unclip_smoke", config=SMOKE)
+    return shared_config_run(tmp_path_factory, SMOKE)
 
 
 def test_cli_trains_resumes_samples_evaluates_and_loads(smoke_run, tmp_path):
