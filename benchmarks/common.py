@@ -35,7 +35,8 @@ def parse_overrides(items) -> dict:
 
 
 def shapes_workdir_cli(description: str, num: int, num_help: str):
-    """The command line of a diagnostic that samples a ``shapes`` generator's workdir.
+    """The command line of a diagnostic that samples a ``shapes`` generator's (or layout
+    model's) workdir.
 
     Parses ``workdir``, ``--num`` (default ``num``), ``--split``, ``--set key=value`` (repeatable
     overrides) and ``--seed``, then ``api.load``s the workdir. Exits with one error line when it
@@ -56,7 +57,8 @@ def shapes_workdir_cli(description: str, num: int, num_help: str):
         model = api.load(args.workdir, parse_overrides(args.set))
     except (NoCheckpointError, ValueError) as e:  # not a workdir, or a bad --set key
         raise SystemExit(f"error: {e}") from None
-    if model.config.data.name != "shapes":
+    # Layouts of shapes captions (Text2Scene's `:shapes`) are drawn by the shapes renderer.
+    if model.config.data.name not in ("shapes", "shapes_layouts"):
         raise SystemExit(f"{args.workdir} was trained on {model.config.data.name!r}, not shapes.")
     return args, model
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import copy_workdir, experiment_config, run_cli, shared_config_run
 
 import jaxgen
-from jaxgen.data import abstract_scenes, scenes, shapes_layout
+from jaxgen.data import abstract_scenes, scenes, shapes, shapes_layout
 from jaxgen.data.tokenizer import PromptError
 from jaxgen.evaluation import scene_metrics
 from jaxgen.models.text2scene import Text2Scene
@@ -187,8 +187,11 @@ def test_shapes_layouts_drawn_from_the_grid_read_as_their_captions():
     assert back == truths[0]["layout"]
     for split in shapes_layout.SPLITS:  # every caption's words are in the vocabulary
         src = shapes_layout.ShapesLayoutSource(split, 32, max_text_len=24)
+        pixels = shapes.ShapesSource(split, 32)  # the captions the pixel models read
         for i in range(300):
-            shapes_layout.encode_words(src.truth(i)["caption"], 24)
+            truth = src.truth(i)
+            assert truth["caption"] == pixels.truth(i)["caption"]
+            shapes_layout.encode_words(truth["caption"], 24)
 
 
 def test_the_pipeline_composes_shapes_layouts_and_judges_them():

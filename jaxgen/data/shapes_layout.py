@@ -24,6 +24,10 @@ DEFAULTS: dict[str, object] = {"colour": None, "size": None}
 GRID = 16
 MAX_OBJECTS = 2
 END = len(OBJECTS)
+#: The captions' byte budget: that of every family's `shapes` captions (``data.max_text_len``
+#: of the pixel models), so that a layout model reads the same captions they do.
+#: ``max_text_len`` of a layouts source is its word budget.
+CAPTION_BYTES = 64
 SPLITS = shapes.SPLITS
 HELDOUT_SPLITS = shapes.HELDOUT_SPLITS
 
@@ -150,10 +154,15 @@ def objects_from_arrays(types, attributes, locations) -> list[dict]:
 
 class ShapesLayoutSource(shapes.ShapesSource):
     """`shapes` examples with word ids as "tokens" (``max_text_len`` words) and the layout
-    arrays of `scenes.scene_arrays`; ``truth(i)`` is the `shapes` truth with its "layout"."""
+    arrays of `scenes.scene_arrays`; ``truth(i)`` is the `shapes` truth with its "layout".
+
+    The captions are those of a `shapes` source with the pixel models' byte budget
+    (`CAPTION_BYTES`), whatever the word budget: the same scenes and the same words."""
 
     def truth(self, index: int) -> dict:
-        truth = super().truth(index)
+        truth = shapes.sample_truth(
+            self.split, self._index(index), self.seed, self.image_size, CAPTION_BYTES
+        )
         truth["layout"] = layout(truth, self.image_size)
         return truth
 
