@@ -128,12 +128,16 @@ def shared_smoke_run(
 
 
 def shared_config_run(tmp_path_factory, config: str) -> SmokeRun:
-    """`shared_smoke_run` of ``config`` alone (``--config=experiments/<name>.py:smoke``), named
-    after the family: every test that trains that smoke config as it is shares one run."""
-    match = re.fullmatch(r"--config=experiments/(\w+)\.py:smoke", config)
-    if match is None:
+    """`shared_smoke_run` of ``config`` alone (``--config=experiments/<name>.py:<variant>``, a
+    variant with ``smoke`` in it), named after the family and variant: every test that trains
+    that smoke config as it is shares one run."""
+    match = re.fullmatch(r"--config=experiments/(\w+)\.py:([\w,]+)", config)
+    if match is None or "smoke" not in match.group(2).split(","):
         raise ValueError(f"not a smoke config of experiments/: {config!r}")
-    return shared_smoke_run(tmp_path_factory, f"smoke_{match.group(1)}", config=config)
+    options = [o for o in match.group(2).split(",") if o != "smoke"]
+    return shared_smoke_run(
+        tmp_path_factory, "_".join(["smoke", match.group(1), *options]), config=config
+    )
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
