@@ -1,8 +1,9 @@
-"""VGG16 features for a perceptual loss, from the published ``vgg16_weights.npz``.
+"""VGG16 and VGG19 features (Simonyan & Zisserman 2015): a perceptual loss from the published
+``vgg16_weights.npz``, and any layer's activations (style transfer reads VGG19's).
 
-The loader reads the widely used NumPy conversion of the VGG16 ILSVRC weights (Simonyan &
-Zisserman 2015), an ``.npz`` with one array per layer: ``conv{b}_{i}_W`` ``[3, 3, Cin, Cout]``
-(HWIO) and ``conv{b}_{i}_b`` ``[Cout]`` for the 13 convolutions (the ``fc*`` entries are ignored).
+The loader reads the widely used NumPy conversion of the ILSVRC weights, an ``.npz`` with one
+array per layer: ``conv{b}_{i}_W`` ``[3, 3, Cin, Cout]`` (HWIO) and ``conv{b}_{i}_b`` ``[Cout]``
+for the 13 (VGG16) or 16 (VGG19) convolutions (the ``fc*`` entries are ignored).
 The network expects RGB in [0, 255] minus the ImageNet channel means. Nothing is downloaded: the
 file must already be on disk (``model.vgg_weights``).
 
@@ -19,20 +20,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: (block, convs per block) of VGG16.
-BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))
+#: (block, convs per block) of each network.
+ARCHITECTURES = {
+    "vgg16": ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)),
+    "vgg19": ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)),
+}
+BLOCKS = ARCHITECTURES["vgg16"]
 CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 MEAN_RGB = np.array([123.68, 116.779, 103.939], np.float32)
 
 
-def layer_names() -> list[str]:
-    return [f"conv{b}_{i}" for b, n in BLOCKS for i in range(1, n + 1)]
+def _blocks(arch: str):
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown VGG architecture {arch!r}; valid: {tuple(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
 
 
-def expected_shapes() -> dict[str, tuple[int, ...]]:
+def layer_names(arch: str = "vgg16") -> list[str]:
+    return [f"conv{b}_{i}" for b, n in _blocks(arch) for i in range(1, n + 1)]
+
+
+def architecture_of(params) -> str:
+    """ "vgg19" when ``params`` has VGG19's fourth convolution of block 3, else "vgg16"."""
+    return "vgg19" if "conv3_4" in params else "vgg16"
+
+
+def expected_shapes(arch: str = "vgg16") -> dict[str, tuple[int, ...]]:
     """The shape of every array the loader needs, by key."""
     shapes, cin = {}, 3
-    for b, n in BLOCKS:
+    for b, n in _blocks(arch):
         for i in range(1, n + 1):
             shapes[f"conv{b}_{i}_W"] = (3, 3, cin, CHANNELS[b])
             shapes[f"conv{b}_{i}_b"] = (CHANNELS[b],)
@@ -41,20 +57,27 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def load_vgg16(path: str | Path) -> dict[str, dict[str, jax.Array]]:
-    """Reads ``vgg16_weights.npz``; ``{"conv1_1": {"kernel", "bias"}, ...}`` (float32).
+    """Reads ``vgg16_weights.npz``; ``{"conv1_1": {"kernel", "bias"}, ...}`` (float32)."""
+    return load_vgg(path, "vgg16")
+
+
+def load_vgg(path: str | Path, arch: str = "vgg16") -> dict[str, dict[str, jax.Array]]:
+    """Reads a VGG16 or VGG19 ``.npz`` in the layout above; ``{"conv1_1": {"kernel", "bias"},
+    ...}`` (float32).
 
     Raises:
       FileNotFoundError: no such file.
       ValueError: a missing array or one of the wrong shape (named).
     """
+    expected = expected_shapes(arch)
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"No VGG16 weight file at {path}.")
+        raise FileNotFoundError(f"No {arch.upper()} weight file at {path}.")
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
-    for key, shape in expected_shapes().items():
+    for key, shape in expected.items():
         if key not in arrays:
-            raise ValueError(f"{path} has no array {key!r}: not a VGG16 weight file.")
+            raise ValueError(f"{path} has no array {key!r}: not a {arch.upper()} weight file.")
         if tuple(arrays[key].shape) != shape:
             raise ValueError(
                 f"{path}: {key} has shape {tuple(arrays[key].shape)}, expected {shape}."
@@ -64,33 +87,56 @@ def load_vgg16(path: str | Path) -> dict[str, dict[str, jax.Array]]:
             "kernel": jnp.asarray(arrays[f"{name}_W"], jnp.float32),
             "bias": jnp.asarray(arrays[f"{name}_b"], jnp.float32),
         }
-        for name in layer_names()
+        for name in layer_names(arch)
     }
+
+
+def activations(params, images: jax.Array, names) -> dict[str, jax.Array]:
+    """The post-ReLU activations of the convolutions ``names`` (e.g. "conv4_2", "conv1_1": the
+    layers Gatys et al. name), computed up to the deepest one asked for.
+
+    Args:
+      params: ``load_vgg``'s result (VGG16 or VGG19, told apart by its layers).
+      images: ``[B, H, W, 3]`` in [-1, 1].
+      names: layer names of that network.
+
+    Returns:
+      ``{name: [B, H / 2**(b-1), W / 2**(b-1), C_b]}`` for each ``conv{b}_{i}`` asked for.
+    """
+    order = layer_names(architecture_of(params))
+    unknown = [n for n in names if n not in order]
+    if unknown:
+        raise ValueError(f"unknown VGG layers {unknown}; valid: {order}")
+    last = max(order.index(n) for n in names)
+    h = (images.astype(jnp.float32) + 1.0) * 127.5 - MEAN_RGB
+    out = {}
+    for name in order[: last + 1]:
+        b, i = (int(v) for v in name[4:].split("_"))
+        if b > 1 and i == 1:
+            h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
+        p = params[name]
+        h = jax.lax.conv_general_dilated(
+            h, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        h = jax.nn.relu(h + p["bias"])
+        if name in names:
+            out[name] = h
+    return out
 
 
 def features(params, images: jax.Array) -> list[jax.Array]:
     """The relu{b}_{last} activation of every block.
 
     Args:
-      params: ``load_vgg16``'s result.
+      params: ``load_vgg``'s result.
       images: ``[B, H, W, 3]`` in [-1, 1].
 
     Returns:
       Five ``[B, H / 2**b, W / 2**b, C_b]`` arrays (b = 0..4).
     """
-    h = (images.astype(jnp.float32) + 1.0) * 127.5 - MEAN_RGB
-    out = []
-    for b, n in BLOCKS:
-        if b > 1:
-            h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
-        for i in range(1, n + 1):
-            p = params[f"conv{b}_{i}"]
-            h = jax.lax.conv_general_dilated(
-                h, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            h = jax.nn.relu(h + p["bias"])
-        out.append(h)
-    return out
+    last = [f"conv{b}_{n}" for b, n in _blocks(architecture_of(params))]
+    acts = activations(params, images, last)
+    return [acts[name] for name in last]
 
 
 def perceptual_distance(params, x: jax.Array, y: jax.Array, eps: float = 1e-10) -> jax.Array:
