@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_CONFIG = "--config=experiments/ddpm.py:smoke"
 # The tests' tiny models spend most of their time in XLA's compiler: at LLVM's optimisation level
@@ -138,6 +140,21 @@ def shared_config_run(tmp_path_factory, config: str) -> SmokeRun:
     return shared_smoke_run(
         tmp_path_factory, "_".join(["smoke", match.group(1), *options]), config=config
     )
+
+
+def fake_vgg_file(path, arch: str = "vgg16") -> dict:
+    """A VGG weight file in the published ``.npz`` layout with small random weights (and a dense
+    layer the loader ignores); returns its arrays."""
+    from jaxgen.models import vgg
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        k: (rng.normal(size=s) * 0.05).astype(np.float32)
+        for k, s in vgg.expected_shapes(arch).items()
+    }
+    arrays["fc6_W"] = np.zeros((2, 2), np.float32)  # present in the published file, ignored
+    np.savez(path, **arrays)
+    return arrays
 
 
 def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import experiment_config, run_cli
+from helpers import experiment_config, fake_vgg_file, run_cli
 from scipy import stats
 
 import jaxgen
 from jaxgen.config import load_experiment
 from jaxgen.models import bottlenecks as bn
-from jaxgen.models import vgg
 from jaxgen.models.autoencoder import CellEncoder, Decoder, Encoder, PatchDiscriminator
 from jaxgen.pipelines import autoencoder as ae
 from jaxgen.pipelines import build_pipeline
@@ -660,53 +659,12 @@ def test_discriminator_waits_for_start_step(smoke_states):
     assert all(jax.tree.leaves(moved))
 
 
-# -- VGG perceptual loss ----------------------------------------------------------------------
-def _fake_vgg_file(path):
-    rng = np.random.default_rng(0)
-    arrays = {
-        k: (rng.normal(size=s) * 0.05).astype(np.float32) for k, s in vgg.expected_shapes().items()
-    }
-    arrays["fc6_W"] = np.zeros((2, 2), np.float32)  # present in the published file, ignored
-    np.savez(path, **arrays)
-    return arrays
-
-
-def test_vgg_loader_and_perceptual_distance(tmp_path):
-    arrays = _fake_vgg_file(tmp_path / "vgg16_weights.npz")
-    params = vgg.load_vgg16(tmp_path / "vgg16_weights.npz")
-    np.testing.assert_array_equal(params["conv3_2"]["kernel"], arrays["conv3_2_W"])
-    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
-    feats = vgg.features(params, x)
-    assert [f.shape for f in feats] == [
-        (2, 32, 32, 64),
-        (2, 16, 16, 128),
-        (2, 8, 8, 256),
-        (2, 4, 4, 512),
-        (2, 2, 2, 512),
-    ]
-    np.testing.assert_allclose(vgg.perceptual_distance(params, x, x), 0.0, atol=1e-6)
-    assert np.all(np.asarray(vgg.perceptual_distance(params, x, -x)) > 0)
-
-
-def test_vgg_loader_rejects_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No VGG16 weight file"):
-        vgg.load_vgg16(tmp_path / "missing.npz")
-    arrays = {k: np.zeros(s, np.float32) for k, s in vgg.expected_shapes().items()}
-    del arrays["conv4_2_b"]
-    np.savez(tmp_path / "a.npz", **arrays)
-    with pytest.raises(ValueError, match="conv4_2_b"):
-        vgg.load_vgg16(tmp_path / "a.npz")
-    arrays["conv4_2_b"] = np.zeros(3, np.float32)
-    np.savez(tmp_path / "b.npz", **arrays)
-    with pytest.raises(ValueError, match=r"conv4_2_b has shape \(3,\)"):
-        vgg.load_vgg16(tmp_path / "b.npz")
-
-
+# -- VGG perceptual loss (the network and its loader: tests/test_vgg.py) -----------------------
 def test_vqgan_uses_vgg_weights_when_present(tmp_path):
     config = experiment_config("vqgan", "smoke")
     config.model.vgg_weights = str(tmp_path / "missing.npz")
     assert build_pipeline(config).vgg is None
-    _fake_vgg_file(tmp_path / "vgg16_weights.npz")
+    fake_vgg_file(tmp_path / "vgg16_weights.npz")
     config.model.vgg_weights = str(tmp_path / "vgg16_weights.npz")
     pipe = build_pipeline(config)
     assert pipe.vgg is not None

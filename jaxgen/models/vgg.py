@@ -25,7 +25,6 @@ ARCHITECTURES = {
     "vgg16": ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)),
     "vgg19": ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4)),
 }
-BLOCKS = ARCHITECTURES["vgg16"]
 CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 MEAN_RGB = np.array([123.68, 116.779, 103.939], np.float32)
 
@@ -41,7 +40,7 @@ def layer_names(arch: str = "vgg16") -> list[str]:
 
 
 def architecture_of(params) -> str:
-    """ "vgg19" when ``params`` has VGG19's fourth convolution of block 3, else "vgg16"."""
+    """The network ``params`` hold: VGG19 has a fourth convolution in block 3, VGG16 not."""
     return "vgg19" if "conv3_4" in params else "vgg16"
 
 
@@ -54,11 +53,6 @@ def expected_shapes(arch: str = "vgg16") -> dict[str, tuple[int, ...]]:
             shapes[f"conv{b}_{i}_b"] = (CHANNELS[b],)
             cin = CHANNELS[b]
     return shapes
-
-
-def load_vgg16(path: str | Path) -> dict[str, dict[str, jax.Array]]:
-    """Reads ``vgg16_weights.npz``; ``{"conv1_1": {"kernel", "bias"}, ...}`` (float32)."""
-    return load_vgg(path, "vgg16")
 
 
 def load_vgg(path: str | Path, arch: str = "vgg16") -> dict[str, dict[str, jax.Array]]:

@@ -205,7 +205,7 @@ class AutoencoderPipeline(Pipeline):
 
         path = str(self.config.model.get("vgg_weights", ""))
         try:
-            return vgg.load_vgg16(path) if path else None
+            return vgg.load_vgg(path) if path else None
         except FileNotFoundError:
             logging.log_first_n(
                 logging.WARNING,
