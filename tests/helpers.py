@@ -157,6 +157,29 @@ def fake_vgg_file(path, arch: str = "vgg16") -> dict:
     return arrays
 
 
+def torchvision_vgg_arrays(arch: str = "vgg16", seed: int = 0) -> dict:
+    """torchvision's ``vgg16`` / ``vgg19`` state dict as numpy arrays with small random weights:
+    ``features.{idx}.weight`` ``[Cout, Cin, 3, 3]`` and ``features.{idx}.bias``, and a dense
+    layer the loader ignores."""
+    from jaxgen.models import vgg
+
+    # The convolutions' places in torchvision's vgg16().features / vgg19().features.
+    convs = {
+        "vgg16": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
+        "vgg19": (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34),
+    }[arch]
+    rng = np.random.default_rng(seed)
+    kernels = [s for k, s in vgg.expected_shapes(arch).items() if k.endswith("_W")]  # HWIO
+    arrays = {}
+    for idx, (_, _, cin, cout) in zip(convs, kernels, strict=True):
+        arrays[f"features.{idx}.weight"] = (rng.normal(size=(cout, cin, 3, 3)) * 0.05).astype(
+            np.float32
+        )
+        arrays[f"features.{idx}.bias"] = (rng.normal(size=cout) * 0.05).astype(np.float32)
+    arrays["classifier.6.bias"] = np.zeros(10, np.float32)  # present in the published file
+    return arrays
+
+
 def run_benchmark(script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Runs ``benchmarks/<script>`` from the repository root on the CPU; never raises."""
     return subprocess.run(
