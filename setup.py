@@ -19,6 +19,9 @@ CORE = [
     "tqdm>=4.66",
     "absl-py>=2.1",
     "scikit-learn>=1.5",
+    # Style transfer's default images ship inside its wheel (skimage.data).
+    "scikit-image>=0.22",
+    "h5py>=3.10",
 ]
 
 EXTRAS = {
@@ -31,6 +34,7 @@ EXTRAS = {
         "ipykernel>=6.29",
         "ruff>=0.8",
         "import-linter>=2.1",
+        "safetensors>=0.4",
     ],
     # Side-by-side speed comparisons with PyTorch peers. torch==2.13.0 is a CPU build.
     "bench": ["torch==2.13.0", "diffusers>=0.30"],

@@ -4,7 +4,7 @@ from jaxgen.data.pipeline import DataError, make_batch_iterator
 
 __all__ = ["DataError", "SOURCES", "build_source", "make_batch_iterator"]
 
-SOURCES = ("shapes", "shapes_layouts", "scenes", "digits", "tfds", "folder")
+SOURCES = ("shapes", "shapes_layouts", "scenes", "digits", "tfds", "folder", "content_crops")
 #: jaxgen split -> TFDS split spec (``data.tfds_splits`` overrides it).
 TFDS_SPLITS = {"train": "train[:98%]", "val": "train[98%:]", "test": "test"}
 
@@ -78,6 +78,11 @@ def build_source(data_config, split: str):
             max_text_len=max_len,
             data_dir=data_config.get("data_dir") or None,
         )
+    if name == "content_crops":
+        from jaxgen.data.style_images import ContentCrops
+
+        # Style transfer's fast variant: crops of photographs and scenes, no captions.
+        return ContentCrops(size, seed=int(data_config.get("seed", 0)), split=split)
     if name == "folder":
         from jaxgen.data.folder import ImageFolderSource
 
