@@ -102,6 +102,7 @@ def run(argv) -> None:
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
     )
     from jaxgen import api
+    from jaxgen.pipelines import get_pipeline_class
     from jaxgen.training import loop
     from jaxgen.training import workdir as workdir_lib
 
@@ -113,13 +114,13 @@ def run(argv) -> None:
         results = loop.train_and_evaluate(config, workdir)
         print(f"Evaluation ({workdir / workdir_lib.EVAL_FILE}): {results}")
         return
-    if _PROMPT.value:
+    saved = workdir_lib.load_config(workdir) if _PROMPT.value else None
+    if saved is not None and get_pipeline_class(saved.pipeline).prompts_are_text:
         # Check prompts before the (slow) restore, so a typo is reported at once.
         from jaxgen.data.tokenizer import validate_prompt
 
-        max_len = int(workdir_lib.load_config(workdir).data.max_text_len)
         for p in _PROMPT.value:
-            validate_prompt(p, max_len)
+            validate_prompt(p, int(saved.data.max_text_len))
     # The workdir's config.json describes the trained network; `--config.*` overrides typed on
     # this command line (e.g. `--config.sample.num_steps=20`) apply on top of it.
     model = api.load(workdir, overrides=typed_overrides(sys.argv, config))
@@ -127,7 +128,7 @@ def run(argv) -> None:
         from jaxgen.training import images
 
         prompts = _PROMPT.value or model.pipeline.default_prompts(_NUM_SAMPLES.value)
-        if _PROMPT.value and _NUM_SAMPLES.value > len(prompts):
+        if _PROMPT.value and _NUM_SAMPLES.value > len(prompts) and model.pipeline.prompts_are_text:
             prompts = [prompts[i % len(prompts)] for i in range(_NUM_SAMPLES.value)]
         imgs = model.generate(prompts, seed=_SEED.value)
         path = workdir / "samples" / f"sample_step{model.step}_seed{_SEED.value}.png"

@@ -61,6 +61,8 @@ class Pipeline(abc.ABC):
 
     #: Whether the family trains on a dataset (style transfer optimises an image instead).
     needs_data: bool = True
+    #: Whether ``generate``'s prompts are captions (style transfer's are images to stylise).
+    prompts_are_text: bool = True
 
     def __init__(self, config, load_run: Callable[[str], Any] | None = None):
         self.config = config
@@ -137,6 +139,13 @@ class Pipeline(abc.ABC):
         """The images of the training loop's sample grids: ``generate``'s by default (the
         autoencoders show reconstructions next to their inputs instead)."""
         return self.generate(state, prompts, rng)
+
+    def outputs(self, state: Any) -> dict[str, np.ndarray]:
+        """Named results a run writes at its end beside its sample grids, as
+        ``<workdir>/<name>.png``: uint8 images ``[H, W, 3]``, or 1-D arrays drawn as curves
+        (style transfer's result and loss curve); none by default."""
+        del state
+        return {}
 
     def evaluators(self, plan: EvalPlan) -> list[Evaluator]:
         """Judges run during training (on ``plan``'s validation splits) and at its end or by

@@ -67,6 +67,7 @@ def _train_and_evaluate(config, workdir) -> tuple[dict, bool]:
         run.close()  # also on errors (e.g. a NaN loss): in-flight saves of good states finish
     if not preempted and run.step > run.start_step:
         run.write_samples()
+        run.write_outputs()
         run.evaluate(final=True)
     run.writer.close()
     return run.results, preempted
@@ -231,6 +232,15 @@ class Run:
             path = self.workdir / "samples" / f"step_{self.step:07d}.png"
             images_lib.save_png(grid, path, scale=2)
             self.writer.write_image(self.step, "samples", grid)
+
+    def write_outputs(self) -> None:
+        """The pipeline's named results (``Pipeline.outputs``) as PNGs in the workdir."""
+        if jax.process_index() != 0:
+            return
+        for name, value in self.pipeline.outputs(self.state).items():
+            value = np.asarray(value)
+            image = images_lib.plot_curve(value, title=name) if value.ndim == 1 else value
+            images_lib.save_png(image, self.workdir / f"{name}.png")
 
     def evaluate(self, final: bool) -> None:
         """The final evaluation (the splits the run reports, ``eval.json``) or one during
