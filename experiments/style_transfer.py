@@ -41,11 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # "random": the random multi-scale network (random3: 3x3 filters); or a VGG weight file.
     config.features = "random"
     config.features_seed = 0
+    # Weights of Gatys et al.'s sums (the content term grows with the number of pixels, the
+    # style term does not): chosen on the val pairs at 256 pixels with the random network
+    # (docs/results/style_transfer.md); 4x fewer pixels want a 4x smaller style weight.
     config.loss = ml_collections.ConfigDict(
         dict(
             content_weight=1.0,
-            style_weight=1e5,
-            tv_weight=1.0,
+            style_weight=4e9,
+            tv_weight=0.01,
             content_layers=(),  # (): the network's default (VGG: conv4_2; random: scale4)
             style_layers=(),  # (): VGG conv1_1..conv5_1; random: every scale
             style_layer_weights=(),  # (): equal
@@ -74,11 +77,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.splits = ("test",)
 
     if vgg:
+        # Gatys et al.'s network and layers; their alpha / beta = 1e-3 on the paper's sums.
         config.features = ""  # must be given: --config.features=PATH
         config.loss.update(dict(style_weight=1e3, tv_weight=1e-3))
 
     if fast:
-        config.data.image_size = 128  # training crops
+        config.data.image_size = 128  # training crops: a quarter of 256's pixels ...
+        config.loss.style_weight = 1e9  # ... and a quarter of its style weight
         config.model.network = ml_collections.ConfigDict(dict(width=16, num_residual=5))
         config.train.update(
             dict(

@@ -22,3 +22,10 @@ def load_tokenizer(workdir):
     from jaxgen.api import load_tokenizer as _load_tokenizer
 
     return _load_tokenizer(workdir)
+
+
+def stylize(content, styles, **options):
+    """Gatys et al.'s neural style transfer of one image; see ``jaxgen.api.stylize``."""
+    from jaxgen.api import stylize as _stylize
+
+    return _stylize(content, styles, **options)

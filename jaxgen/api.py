@@ -70,6 +70,8 @@ def stylize(
     with config.ignore_type():  # arrays as well as paths and names
         config.content = content
         config.style = list(styles) if isinstance(styles, (list, tuple)) else [styles]
+        if "mask" in options:
+            config.mask = options.pop("mask")
     if iterations is not None:
         options["optim.iterations"] = int(iterations)
         options.setdefault("optim.chunk", int(iterations))

@@ -244,3 +244,38 @@ def test_tokenizer_codes_counts_one_background_code_for_a_cell_tokenizer(tmp_pat
     assert cell["black_distinct_codes"] == 1 and cell["black_top_share"] == 1.0
     assert cell["black_entropy_bits"] == 0.0
     assert 1 <= conv["black_distinct_codes"] <= 16 and 1 <= conv["all_distinct_codes"] <= 16
+
+
+def test_style_transfer_speed_times_jaxgen_and_the_torch_tutorial_on_one_network(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "style.json"
+    proc = run_benchmark(
+        "style_transfer_speed.py",
+        "--size=32",
+        "--steps=1",
+        "--evals=1",
+        "--nooptimise",
+        f"--json_out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["weights"] == "random" and "random weights" in proc.stdout
+    # The same arrays in both networks: the same conv3_1 features.
+    assert r["feature_relative_error"] < 1e-4
+    rows = {row["contender"]: row for row in r["rows"]}
+    ours, theirs = rows["jaxgen, compiled loop"], rows["torch, the tutorial"]
+    # One step of torch's L-BFGS (defaults: at most 20 iterations, 25 evaluations); jaxgen gets
+    # the iterations whose evaluations come closest (each iteration makes at least one).
+    assert 1 <= theirs["evaluations"] <= 25 and ours["iterations"] < theirs["evaluations"]
+    assert abs(ours["evaluations"] - theirs["evaluations"]) <= 10
+    for row in (ours, theirs):
+        assert row["seconds"] > 0 and row["one_evaluation"] > 0, row
+        assert row["per_evaluation"] == pytest.approx(row["seconds"] / row["evaluations"])
+    assert r["torch_over_jaxgen_time"] == pytest.approx(theirs["seconds"] / ours["seconds"])
+    table = table_rows(proc.stdout)
+    assert [row[0] for row in table[1:3]] == ["jaxgen, compiled loop", "torch, the tutorial"]
+    assert "ratio (torch time / jaxgen time)" in proc.stdout
+    assert "final losses" in proc.stdout
+
+    proc = run_benchmark("style_transfer_speed.py", f"--weights={tmp_path / 'nowhere.npz'}")
+    assert_one_error_line(proc, "No VGG16 weight file")

@@ -37,11 +37,18 @@ def outputs_text(nb) -> str:
 
 
 # Notebook -> the experiment whose smoke run it ends with (its WORKDIR's eval.json), and an
-# evaluation key the notebook prints.
+# evaluation key the notebook prints; optionally the smoke variant (default "smoke") and the
+# shape of the four generated images it prints (default square at the data's size).
 EXPERIMENTS = {
     "dalle": ("dalle", "test/colour"),
     "ddpm": ("ddpm", "test/colour"),
     "gan_int_cls": ("gan_int_cls", "test/colour"),
+    "style_transfer": (
+        "style_transfer",
+        "style/style_reduction",
+        "fast,smoke",
+        "(4, 32, 48, 3)",  # chelsea's aspect, 48 pixels on the longer side
+    ),
     "text2scene": ("text2scene", "test/u_precision"),
     "tokenizers": ("vqgan", "test/psnr"),
     "unclip": ("unclip", "test/prior_cosine"),
@@ -81,11 +88,12 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     assert "CpuDevice" in text
     assert (workdir / "eval.json").is_file()
     results = json.loads((workdir / "eval.json").read_text())
-    experiment, key = EXPERIMENTS[path.stem]
-    smoke = experiment_config(experiment, "smoke")
+    experiment, key, *rest = EXPERIMENTS[path.stem]
+    smoke = experiment_config(experiment, rest[0] if rest else "smoke")
     assert f'"{key}"' in text and results["step"] == smoke.train.steps
     size = smoke.data.image_size
-    assert f"(4, {size}, {size}, 3) uint8" in text
+    shape = rest[1] if rest else f"(4, {size}, {size}, 3)"
+    assert f"{shape} uint8" in text
     images = [
         out
         for cell in nb.cells

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import read_jsonl, run_cli
+from helpers import copy_workdir, read_jsonl, run_cli, shared_config_run
 from PIL import Image
 
 from jaxgen import api
@@ -104,9 +104,8 @@ def test_random_multiscale_network_shapes_at_odd_sizes_and_its_label():
     assert feature_nets.layer_names(net) == ["scale1", "scale2", "scale4"]
     x = jnp.zeros((2, 37, 50, 3))
     acts = feature_nets.activations(net, x, ["scale1", "scale2", "scale4"])
-    assert acts["scale1"].shape == (2, 37, 50, 8)
-    assert acts["scale2"].shape == (2, 19, 25, 8)
-    assert acts["scale4"].shape == (2, 10, 13, 8)
+    for name in ("scale1", "scale2", "scale4"):  # every scale at every pixel
+        assert acts[name].shape == (2, 37, 50, 8)
     assert acts["scale4"].dtype == jnp.float32
     # Zero-mean filters see nothing in a flat image; the filters are seeded.
     assert float(jnp.abs(acts["scale1"]).max()) == 0.0
@@ -119,14 +118,23 @@ def test_random_multiscale_network_shapes_at_odd_sizes_and_its_label():
         feature_nets.activations(net, x, ["conv4_2"])
 
 
-def test_random_layer_is_a_convolution_of_the_downsampled_image():
-    """One output of scale1 against a direct sum over its 3x3 window."""
-    net = feature_nets.random_multiscale(seed=0, scales=(1,), kernel=3, channels=4)
-    x = np.random.default_rng(0).uniform(-1, 1, size=(1, 9, 9, 3)).astype(np.float32)
-    got = np.asarray(feature_nets.activations(net, jnp.asarray(x), ["scale1"])["scale1"])
-    k = np.asarray(net["scale1"]["kernel"])
-    direct = np.einsum("hwc,hwco->o", x[0, 3:6, 4:7], k)
-    np.testing.assert_allclose(got[0, 4, 5], np.maximum(direct, 0), rtol=1e-5, atol=1e-6)
+def test_random_layers_against_direct_sums():
+    """scale1: a 3x3 window times the filter; scale2: the 2x2 box means of the image at the
+    filter's taps, two pixels apart."""
+    net = feature_nets.random_multiscale(seed=0, scales=(1, 2), kernel=3, channels=4)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(1, 12, 12, 3)).astype(np.float32)
+    acts = feature_nets.activations(net, jnp.asarray(x), ["scale1", "scale2"])
+    k1, k2 = (np.asarray(net[n]["kernel"]) for n in ("scale1", "scale2"))
+    direct = np.einsum("hwc,hwco->o", x[0, 3:6, 4:7], k1)
+    np.testing.assert_allclose(acts["scale1"][0, 4, 5], np.maximum(direct, 0), rtol=1e-5, atol=1e-6)
+    # XLA's SAME window of even size 2 covers [i, i + 1]; the dilated taps are at y + 2 * (a - 1).
+    box = (x[0, :-1, :-1] + x[0, 1:, :-1] + x[0, :-1, 1:] + x[0, 1:, 1:]) / 4
+    y, xx = 5, 6
+    taps = box[y - 2 : y + 3 : 2, xx - 2 : xx + 3 : 2]
+    direct2 = np.einsum("hwc,hwco->o", taps, k2)
+    np.testing.assert_allclose(
+        acts["scale2"][0, y, xx], np.maximum(direct2, 0), rtol=1e-5, atol=1e-5
+    )
 
 
 # -- the compiled optimisation ---------------------------------------------------------------
@@ -142,15 +150,16 @@ def test_lbfgs_reaches_a_convex_quadratics_minimum_inside_the_compiled_loop():
     tx = optax.lbfgs()
     x0 = jnp.zeros(12)
     run = jax.jit(lambda x, s: style_transfer.minimize(f, x, s, tx, True, 40))
-    x, _, losses = run(x0, tx.init(x0))
+    x, _, losses, evals = run(x0, tx.init(x0))
     expected = np.linalg.solve(np.asarray(a, np.float64), np.asarray(b, np.float64))
     np.testing.assert_allclose(np.asarray(x), expected, rtol=1e-3, atol=1e-3)
     minimum = -0.5 * float(np.asarray(b, np.float64) @ expected)
     assert losses.shape == (40,) and float(losses[0]) == 0.0
+    assert int(evals[0]) >= 2 and int(evals.min()) >= 1  # x0, then the line search's
     assert float(losses[-1]) == pytest.approx(minimum, rel=1e-4)
     # Adam on the same problem goes down too (slower).
     adam = optax.adam(0.05)
-    xa, _, la = jax.jit(lambda x, s: style_transfer.minimize(f, x, s, adam, False, 40))(
+    xa, _, la, _ = jax.jit(lambda x, s: style_transfer.minimize(f, x, s, adam, False, 40))(
         x0, adam.init(x0)
     )
     assert float(la[-1]) < float(la[0])
@@ -286,9 +295,11 @@ def test_cli_optimises_resumes_samples_and_evaluates(tmp_path):
     assert "style/style_reduction" in ev.stdout
 
 
-def test_cli_trains_the_fast_variant_and_stylises_an_image(tmp_path):
-    workdir = tmp_path / "fast"
-    cli(CONFIG + ":fast,smoke", f"--workdir={workdir}")
+def test_cli_trains_the_fast_variant_and_stylises_an_image(tmp_path, tmp_path_factory):
+    run = shared_config_run(tmp_path_factory, CONFIG + ":fast,smoke")
+    assert run.returncode == 0, run.stderr[-3000:]
+    workdir = copy_workdir(run.workdir, tmp_path / "fast")
+    assert "Resumed" not in run.stderr and (workdir / "samples").is_dir()
     evaluation = json.loads((workdir / "eval.json").read_text())
     assert np.isfinite(evaluation["style/style_distance"])
     photo = tmp_path / "photo.png"
@@ -308,3 +319,54 @@ def test_cli_names_a_missing_content_file(tmp_path):
     )
     assert out.returncode != 0
     assert "no file" in out.stderr and "nope.jpg" in out.stderr
+
+
+def test_coarse_to_fine_and_a_mask_keep_the_contents_size():
+    rng = np.random.default_rng(2)
+    content = rng.integers(0, 255, size=(36, 52, 3)).astype(np.uint8)
+    mask = np.zeros((36, 52), np.uint8)
+    mask[:, 26:] = 255
+    result, state = api.stylize(
+        content,
+        "brick",
+        iterations=4,
+        report_every=0,
+        return_state=True,
+        image_size=52,
+        mask=mask,
+        features="random3",
+        **{"optim.scales": (0.5, 1.0), "optim.coarse_iterations": 3},
+    )
+    assert result.shape == (36, 52, 3)
+    assert np.all(np.isfinite(np.asarray(state["losses"])))
+
+
+def test_the_fast_variant_refuses_histogram_matching():
+    config = load_experiment("style_transfer", "fast,smoke")
+    config.preserve_colors = "histogram"
+    with pytest.raises(ValueError, match="luminance"):
+        style_transfer.FastStyleTransferPipeline(config)
+
+
+def test_the_vgg_variant_reads_a_vgg19_file_and_gatys_layers(tmp_path):
+    from helpers import fake_vgg_file
+
+    fake_vgg_file(tmp_path / "vgg19.npz", "vgg19")
+    result, state = api.stylize(
+        "chelsea",
+        "brick",
+        iterations=2,
+        report_every=0,
+        return_state=True,
+        variant="vgg",
+        image_size=32,
+        features=str(tmp_path / "vgg19.npz"),
+    )
+    assert result.shape == (21, 32, 3)
+    assert set(state["targets"]["grams"]) == set(feature_nets.VGG_STYLE_LAYERS)
+    assert set(state["targets"]["content"]) == {"conv4_2"}
+    assert state["targets"]["grams"]["conv5_1"].shape == (512, 512)
+    with pytest.raises(FileNotFoundError):
+        api.stylize("chelsea", "brick", iterations=2, variant="vgg", features="missing.npz")
+    with pytest.raises(ValueError, match="No feature network"):
+        api.stylize("chelsea", "brick", iterations=2, variant="vgg")

@@ -5,11 +5,13 @@ Ustyuzhaninov, Brendel, Gatys and Bethge (2017, "What does it take to generate n
 textures?") showed that a single layer of random convolutional filters of many sizes (3 to 55
 pixels, ReLU, no pooling) already captures textures well enough for Gram-matrix synthesis. Their
 large filters cost too much on a CPU (a 55x55 filter bank on a 256x256 image is ~76 GFLOPs), so
-``random_multiscale`` reaches the same sizes the cheap way: one layer of random ``kernel x kernel``
-filters applied to the image at each scale of an antialiased pyramid (1, 1/2, 1/4, ...), so the
-layer at scale ``s`` sees ``kernel * s`` pixels of the image. Each scale is a named layer
-(``scale1``, ``scale2``, ...) with its own Gram matrix. It is NOT a trained network: results made
-with it are labelled ``random multi-scale`` wherever they are reported.
+``random_multiscale`` builds them the cheap way: at scale ``s`` the image is box-blurred over
+``s x s`` pixels and read by random ``kernel x kernel`` filters dilated by ``s``, which is one
+filter of ``kernel * s`` pixels, smooth over ``s x s`` blocks, at every pixel (no pooling or
+subsampling, as theirs: subsampled scales leave a grid of period ``s`` in optimised images).
+Each scale is a named layer (``scale1``, ``scale2``, ...) with its own Gram matrix. It is NOT a
+trained network: results made with it are labelled ``random multi-scale`` wherever they are
+reported.
 
 A network is a params dict of arrays (so it can be passed to compiled functions): VGG's
 (``jaxgen.models.vgg``, layers ``conv1_1`` ...) or the random one's (layers ``scale1`` ...).
@@ -30,7 +32,7 @@ VGG_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
 
 def random_multiscale(
-    seed: int = 0, scales=(1, 2, 4, 8, 16), kernel: int = 5, channels: int = 128
+    seed: int = 0, scales=(1, 2, 4, 8, 16), kernel: int = 5, channels: int = 64
 ) -> dict:
     """A fixed random multi-scale network: per scale, ``channels`` zero-mean Gaussian
     ``kernel x kernel`` filters on RGB (each filter scaled to unit norm), no bias, ReLU."""
@@ -83,24 +85,38 @@ def describe(params, seed: int | None = None) -> str:
 def load(spec: str, seed: int = 0) -> dict:
     """``"random"``: ``random_multiscale(seed)``; ``"random3"`` etc.: with 3x3 filters; anything
     else: a VGG weight file (``vgg.load_vgg``, any of its formats)."""
-    spec = str(spec or "random")
+    spec = str(spec)
+    if not spec:
+        raise ValueError(
+            "No feature network: set features to a VGG weight file (--config.features=PATH; "
+            '.npz, .safetensors, .pth or .h5) or to "random".'
+        )
     if spec.startswith("random"):
         kernel = int(spec[len("random") :] or 5)
         return random_multiscale(seed=seed, kernel=kernel)
     return vgg.load_vgg(spec)
 
 
-def _downsample(x: jax.Array, s: int) -> jax.Array:
+def _blur(x: jax.Array, s: int) -> jax.Array:
+    """The mean over each ``s x s`` window (stride 1; the border's windows are cut short)."""
     if s == 1:
         return x
-    b, h, w, c = x.shape
-    shape = (b, max(1, -(-h // s)), max(1, -(-w // s)), c)
-    return jax.image.resize(x, shape, "linear", antialias=True)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, s, s, 1), (1, 1, 1, 1), "SAME")
+    # Pixels in each window, from the shape alone (XLA would spend seconds folding a
+    # reduce_window of ones): SAME pads (s - 1) // 2 before and the rest after.
+    lo = (s - 1) // 2
+
+    def count(n):
+        i = np.arange(n)
+        return np.minimum(i + s - 1 - lo, n - 1) - np.maximum(i - lo, 0) + 1
+
+    counts = np.outer(count(x.shape[1]), count(x.shape[2])).astype(np.float32)
+    return total / counts[None, :, :, None]
 
 
 def activations(params, images: jax.Array, names) -> dict[str, jax.Array]:
     """``{name: [B, h, w, C]}`` post-ReLU activations of the layers ``names`` for images
-    ``[B, H, W, 3]`` in [-1, 1] (any size)."""
+    ``[B, H, W, 3]`` in [-1, 1] (any size; the random network's layers are ``[B, H, W, C]``)."""
     if not is_random(params):
         return vgg.activations(params, images, names)
     valid = layer_names(params)
@@ -110,11 +126,13 @@ def activations(params, images: jax.Array, names) -> dict[str, jax.Array]:
     x = images.astype(jnp.float32)
     out = {}
     for name in names:
+        scale = int(name[5:])
         h = jax.lax.conv_general_dilated(
-            _downsample(x, int(name[5:])),
+            _blur(x, scale),
             params[name]["kernel"],
             (1, 1),
             "SAME",
+            rhs_dilation=(scale, scale),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
         out[name] = jax.nn.relu(h)

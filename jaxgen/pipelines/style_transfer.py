@@ -115,11 +115,15 @@ class StyleLoss:
         """``content`` ``[B, H, W, 3]``; ``styles`` each ``[1, h, w, 3]`` (any sizes); ``blend``
         the styles' weights (summing to 1)."""
         feats = feature_nets.activations(net, content, self.content_layers)
+        return {"content": feats, "grams": self.grams_of(net, styles, blend)}
+
+    def grams_of(self, net, styles: Sequence[jax.Array], blend) -> dict:
+        """The styles' Gram matrices per position ``[C, C]``, blended by weight."""
         grams = None
         for image, w in zip(styles, blend, strict=True):
             g = {k: w * v[0] for k, v in self.grams(net, image).items()}
             grams = g if grams is None else jax.tree.map(jnp.add, grams, g)
-        return {"content": feats, "grams": grams}
+        return grams
 
     def __call__(self, net, targets, images, mask=None):
         acts = feature_nets.activations(net, images, self.content_layers + self.style_layers)
@@ -270,8 +274,9 @@ class StyleTransferPipeline(_StyleFamily):
         if not self.scales or self.scales[-1] != 1.0 or any(s <= 0 for s in self.scales):
             raise ValueError(f"optim.scales must end with 1.0 (full size), got {self.scales}")
         self.mask = None
-        if str(config.get("mask", "") or ""):
-            m = style_images.load_image(config.mask, "mask")
+        spec = config.get("mask", "")
+        if not (isinstance(spec, str) and not spec):
+            m = style_images.load_image(spec, "mask")
             m = style_images.resize(m, *self.content.shape[:2])
             self.mask = (m.mean(-1) / 255.0).astype(np.float32)[None, :, :, None]
 
@@ -335,9 +340,8 @@ class StyleTransferPipeline(_StyleFamily):
             targets = self.loss.targets(net, content, styles, self.blend)
             if scale == 1.0:
                 break
-            image, _, _ = self._iterate(
-                image, self.optimizer().init(image), net, targets, mask, coarse
-            )
+            start = self.optimizer().init(image)
+            image = self._iterate(image, start, net, targets, mask, coarse)[0]
         return {
             "step": jnp.zeros((), jnp.int32),
             "image": image,
@@ -352,7 +356,7 @@ class StyleTransferPipeline(_StyleFamily):
 
     def train_step(self, state, batch, rng):
         del batch, rng
-        image, opt_state, losses = self._iterate(
+        image, opt_state, losses, evals = self._iterate(
             state["image"],
             state["opt_state"],
             state["net"],
@@ -376,8 +380,7 @@ class StyleTransferPipeline(_StyleFamily):
             "tv_loss": jnp.sum(parts["tv"]),
             "iterations": (state["step"] + 1) * self.chunk,
         }
-        if self.kind == "lbfgs":
-            metrics["linesearch_steps"] = optax.tree.get(opt_state, "num_linesearch_steps")
+        metrics["evaluations_per_iteration"] = jnp.mean(evals.astype(jnp.float32))
         return new, metrics
 
     def optimise(self, state, iterations: int | None = None, report_every: int = 0):
@@ -391,7 +394,7 @@ class StyleTransferPipeline(_StyleFamily):
                 image, opt_state, net, targets, self.mask_array(), num, report_every
             )
 
-        image, opt_state, losses = run(
+        image, opt_state, losses, _ = run(
             state["image"], state["opt_state"], state["net"], state["targets"], num
         )
         n = min(num, self.iterations)
@@ -463,8 +466,11 @@ def minimize(f, x, opt_state, tx, lbfgs: bool, num: int, report_every: int = 0):
     L-BFGS (``lbfgs``): optax's, whose line search evaluates ``f`` and whose accepted value and
     gradient are reused by the next iteration (``optax.value_and_grad_from_state``), so an
     iteration costs one evaluation when the first step is accepted. Returns ``(x, opt_state,
-    losses)``, ``losses[i]`` the value before iteration ``i``. With ``report_every``, the host
-    prints the loss and an ETA every that many iterations (a callback out of the compiled loop).
+    losses, evaluations)``: ``losses[i]`` the value before iteration ``i``, ``evaluations[i]``
+    the evaluations of ``f`` (and its gradient) the iteration made (1 for Adam; the line
+    search's for L-BFGS, whose first iteration also evaluates at ``x``). With ``report_every``,
+    the host prints the loss and an ETA every that many iterations (a callback out of the
+    compiled loop).
     """
     value_and_grad = optax.value_and_grad_from_state(f) if lbfgs else jax.value_and_grad(f)
     progress = _Progress(num) if report_every else None
@@ -474,19 +480,21 @@ def minimize(f, x, opt_state, tx, lbfgs: bool, num: int, report_every: int = 0):
         if lbfgs:
             value, grad = value_and_grad(x, state=s)
             updates, s = tx.update(grad, s, x, value=value, grad=grad, value_fn=f)
+            evals = optax.tree_utils.tree_get(s, "num_linesearch_steps") + (i == 0)
         else:
             value, grad = value_and_grad(x)
             updates, s = tx.update(grad, s, x)
+            evals = jnp.ones((), jnp.int32)
         if progress is not None:
             jax.lax.cond(
                 (i + 1) % report_every == 0,
                 lambda: jax.debug.callback(progress, i + 1, value),
                 lambda: None,
             )
-        return (optax.apply_updates(x, updates), s), value
+        return (optax.apply_updates(x, updates), s), (value, evals.astype(jnp.int32))
 
-    (x, opt_state), losses = jax.lax.scan(body, (x, opt_state), jnp.arange(num))
-    return x, opt_state, losses
+    (x, opt_state), (losses, evals) = jax.lax.scan(body, (x, opt_state), jnp.arange(num))
+    return x, opt_state, losses, evals
 
 
 class _Progress:
@@ -516,6 +524,11 @@ class FastStyleTransferPipeline(_StyleFamily):
         nc = config.model.network
         self.model = TransformNet(width=int(nc.width), num_residual=int(nc.num_residual))
         self.tx = state_lib.make_optimizer(config.train)
+        if self.preserve == "histogram":
+            raise ValueError(
+                'preserve_colors="histogram" matches the style to one content image, which a '
+                'network for any image does not have: use "luminance" with the fast variant.'
+            )
         size = int(config.data.image_size)
         self.styles, self.blend = _load_styles(config, np.zeros((size, size, 3), np.uint8))
         self.eval_size = int(config.image_size)
@@ -523,11 +536,14 @@ class FastStyleTransferPipeline(_StyleFamily):
     def init(self, rng, example_batch):
         x = to_model(example_batch["image"][:1])
         params = {"net": self.model.init(rng, x)["params"]}
-        styles = [to_model(s[None]) for s in self.styles]
-        grams = self.loss.targets(self.net, x, styles, self.blend)["grams"]
+        # Constants of this program: the barrier keeps XLA from folding their features.
+        net, styles = jax.lax.optimization_barrier(
+            (self.net, [to_model(s[None]) for s in self.styles])
+        )
+        grams = self.loss.grams_of(net, styles, self.blend)
         return state_lib.TrainState(
             step=jnp.zeros((), jnp.int32),
-            params={**params, "grams": grams, "features": self.net},
+            params={**params, "grams": grams, "features": net},
             opt_state={"net": self.tx.init(params["net"])},
         )
 
