@@ -370,3 +370,32 @@ def test_the_vgg_variant_reads_a_vgg19_file_and_gatys_layers(tmp_path):
         api.stylize("chelsea", "brick", iterations=2, variant="vgg", features="missing.npz")
     with pytest.raises(ValueError, match="No feature network"):
         api.stylize("chelsea", "brick", iterations=2, variant="vgg")
+
+
+@pytest.mark.parametrize("dilation, size", [(1, 3), (2, 3), (1, 5), (3, 5), (1, 2)])
+def test_conv_same_gradients_equal_autodiffs(dilation, size):
+    """The custom input gradient against JAX's own differentiation of the plain convolution."""
+    from jaxgen.models.layers import conv_same
+
+    rng = np.random.default_rng(dilation * 10 + size)
+    x = jnp.asarray(rng.normal(size=(2, 11, 14, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(size, size, 3, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(2, 11, 14, 4)), jnp.float32)
+
+    def plain(x, k):
+        y = jax.lax.conv_general_dilated(
+            x,
+            k,
+            (1, 1),
+            "SAME",
+            rhs_dilation=(dilation,) * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return jnp.sum(jnp.tanh(y) * w)
+
+    def custom(x, k):
+        return jnp.sum(jnp.tanh(conv_same(x, k, dilation)) * w)
+
+    np.testing.assert_allclose(custom(x, k), plain(x, k), rtol=1e-6)
+    for got, want in zip(jax.grad(custom, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

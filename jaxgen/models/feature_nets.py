@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.models import vgg
+from jaxgen.models.layers import conv_same
 
 #: The layers Gatys et al. read in VGG-19 (and our defaults for the random network).
 VGG_CONTENT_LAYERS = ("conv4_2",)
@@ -127,13 +128,6 @@ def activations(params, images: jax.Array, names) -> dict[str, jax.Array]:
     out = {}
     for name in names:
         scale = int(name[5:])
-        h = jax.lax.conv_general_dilated(
-            _blur(x, scale),
-            params[name]["kernel"],
-            (1, 1),
-            "SAME",
-            rhs_dilation=(scale, scale),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        h = conv_same(_blur(x, scale), params[name]["kernel"], scale)
         out[name] = jax.nn.relu(h)
     return out

@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.models.layers import conv_same
+
 #: (block, convs per block) of each network.
 ARCHITECTURES = {
     "vgg16": ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)),
@@ -359,10 +361,7 @@ def activations(params, images: jax.Array, names) -> dict[str, jax.Array]:
         if b > 1 and i == 1:
             h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")
         p = params[name]
-        h = jax.lax.conv_general_dilated(
-            h, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        h = jax.nn.relu(h + p["bias"])
+        h = jax.nn.relu(conv_same(h, p["kernel"]) + p["bias"])
         if name in names:
             out[name] = h
     return out

@@ -273,6 +273,7 @@ class StyleTransferPipeline(_StyleFamily):
         self.scales = tuple(float(s) for s in oc.get("scales", (1.0,)))
         if not self.scales or self.scales[-1] != 1.0 or any(s <= 0 for s in self.scales):
             raise ValueError(f"optim.scales must end with 1.0 (full size), got {self.scales}")
+        self._programs = {}  # optimise's compiled programs
         self.mask = None
         spec = config.get("mask", "")
         if not (isinstance(spec, str) and not spec):
@@ -387,15 +388,16 @@ class StyleTransferPipeline(_StyleFamily):
         """``iterations`` (default ``optim.iterations``) iterations as one compiled program;
         returns the new state (its ``losses`` hold the first ``optim.iterations`` losses)."""
         num = int(iterations or self.iterations)
+        key = (num, int(report_every))
+        if key not in self._programs:  # one compilation per (iterations, report_every)
 
-        @functools.partial(jax.jit, static_argnums=(4,))
-        def run(image, opt_state, net, targets, num):
-            return self._iterate(
-                image, opt_state, net, targets, self.mask_array(), num, report_every
-            )
+            def run(image, opt_state, net, targets):
+                mask = self.mask_array()
+                return self._iterate(image, opt_state, net, targets, mask, num, report_every)
 
-        image, opt_state, losses, _ = run(
-            state["image"], state["opt_state"], state["net"], state["targets"], num
+            self._programs[key] = jax.jit(run)
+        image, opt_state, losses, _ = self._programs[key](
+            state["image"], state["opt_state"], state["net"], state["targets"]
         )
         n = min(num, self.iterations)
         return dict(
