@@ -279,3 +279,25 @@ def test_style_transfer_speed_times_jaxgen_and_the_torch_tutorial_on_one_network
 
     proc = run_benchmark("style_transfer_speed.py", f"--weights={tmp_path / 'nowhere.npz'}")
     assert_one_error_line(proc, "No VGG16 weight file")
+
+
+def test_style_transfer_quality_judges_each_pair_with_another_network(tmp_path):
+    out = tmp_path / "quality.json"
+    proc = run_benchmark(
+        "style_transfer_quality.py",
+        "--pairs=val",
+        "--iterations=2",
+        "--set",
+        "image_size=32",
+        "--preserve",
+        f"--json_out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert [row["variant"] for row in r["rows"]] == ["default", "luminance", "histogram"] * 2
+    for row in r["rows"]:
+        assert row["style_reduction"] == pytest.approx(
+            row["style_distance_of_content"] / row["style_distance"]
+        )
+    assert set(r["summary"]) == {"default", "luminance", "histogram"}
+    assert "geometric mean style reduction" in proc.stdout

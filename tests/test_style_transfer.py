@@ -397,5 +397,6 @@ def test_conv_same_gradients_equal_autodiffs(dilation, size):
         return jnp.sum(jnp.tanh(conv_same(x, k, dilation)) * w)
 
     np.testing.assert_allclose(custom(x, k), plain(x, k), rtol=1e-6)
-    for got, want in zip(jax.grad(custom, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k)):
+    grads = zip(jax.grad(custom, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k), strict=True)
+    for got, want in grads:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
