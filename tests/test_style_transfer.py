@@ -400,3 +400,17 @@ def test_conv_same_gradients_equal_autodiffs(dilation, size):
     grads = zip(jax.grad(custom, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k), strict=True)
     for got, want in grads:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_loss_curves_are_drawn_on_a_log_scale_when_positive():
+    from jaxgen.training.images import plot_curve
+
+    falling = plot_curve(np.geomspace(1e6, 1.0, 50), title="loss")
+    assert falling.shape == (300, 480, 3) and falling.dtype == np.uint8
+    blue = np.all(falling == [31, 119, 180], axis=-1)
+    ys, xs = np.nonzero(blue)
+    # Geometric decay is a straight line on a log scale: the curve's midpoint is mid-height.
+    mid = ys[np.abs(xs - xs.mean()) < 2].mean()
+    assert abs(mid - (ys.min() + ys.max()) / 2) < 8
+    assert plot_curve([]).shape == (300, 480, 3)  # no values: an empty frame, no error
+    assert np.any(np.all(plot_curve([-1.0, 2.0, 0.5]) == [31, 119, 180], axis=-1))
