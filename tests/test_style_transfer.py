@@ -192,7 +192,7 @@ def test_the_loss_is_zero_at_its_targets_and_a_mask_of_ones_changes_nothing():
 
 def test_gatys_reduces_its_loss_blends_styles_and_keeps_colours():
     rng = np.random.default_rng(0)
-    content = rng.integers(0, 255, size=(40, 56, 3)).astype(np.uint8)
+    content = rng.integers(60, 196, size=(40, 56, 3)).astype(np.uint8)  # room to change colour
     stripes = np.zeros((48, 48, 3), np.uint8)
     stripes[::4] = [255, 0, 0]
     result, state = api.stylize(
@@ -414,3 +414,23 @@ def test_loss_curves_are_drawn_on_a_log_scale_when_positive():
     assert abs(mid - (ys.min() + ys.max()) / 2) < 8
     assert plot_curve([]).shape == (300, 480, 3)  # no values: an empty frame, no error
     assert np.any(np.all(plot_curve([-1.0, 2.0, 0.5]) == [31, 119, 180], axis=-1))
+
+
+@pytest.mark.parametrize("init", style_transfer.INITS)
+def test_the_optimisation_starts_from_the_content_noise_or_the_style(init):
+    config = load_experiment("style_transfer", "smoke")
+    config.init, config.features = init, "random3"
+    pipeline = style_transfer.StyleTransferPipeline(config)
+    image = np.asarray(jax.jit(pipeline.init)(jax.random.PRNGKey(0), None)["image"])
+    content = np.asarray(style_transfer.to_model(pipeline.content[None]))
+    assert image.shape == content.shape == (1, 32, 48, 3)
+    if init == "content":
+        np.testing.assert_allclose(image, content, atol=1e-6)  # x / 127.5 - 1 compiled
+    elif init == "noise":  # neural-style's small random start, reproducible from the seed
+        assert 0.05 < image.std() < 0.15 and abs(image.mean()) < 0.02
+        again = jax.jit(pipeline.init)(jax.random.PRNGKey(0), None)["image"]
+        np.testing.assert_array_equal(image, np.asarray(again))
+    else:  # the style image at the content's size
+        style = style_transfer.to_model(pipeline.styles[0][None])
+        expected = jax.image.resize(style, content.shape, "linear", antialias=True)
+        np.testing.assert_allclose(image, expected, atol=1e-6)
