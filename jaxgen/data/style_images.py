@@ -178,8 +178,9 @@ def color_distance(a: np.ndarray, b: np.ndarray) -> float:
 # -- the fast variant's content set ---------------------------------------------------------
 class ContentCrops:
     """Random-access crops for training a feed-forward stylisation network: square crops of
-    three bundled photographs (astronaut, coffee, rocket) at random positions and scales, and procedural pictures (the embedded
-    clip-art ``scenes`` dataset, upsampled), ``size`` pixels a side, flipped at random.
+    three bundled photographs (astronaut, coffee, rocket) at random positions and scales, and
+    procedural pictures (the embedded clip-art ``scenes`` dataset, upsampled), ``size`` pixels
+    a side, flipped at random.
 
     Item ``i`` is a fixed function of ``(seed, i)``: ``{"image": uint8 [size, size, 3]}``.
     """
