@@ -39,6 +39,8 @@ import optax
 from absl import logging
 
 from jaxgen.data import style_images
+from jaxgen.data.pixels import to_model_space as to_model
+from jaxgen.data.pixels import to_uint8
 from jaxgen.evaluation import style_metrics
 from jaxgen.models import feature_nets
 from jaxgen.models.transform_net import TransformNet
@@ -61,15 +63,6 @@ def _floats(value) -> list[float]:
     if isinstance(value, str):
         return [float(v) for v in value.split(",") if v.strip()]
     return [float(v) for v in value]
-
-
-def to_model(images: np.ndarray) -> jax.Array:
-    """uint8 ``[..., H, W, 3]`` -> float32 in [-1, 1]."""
-    return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(images) -> np.ndarray:
-    return np.asarray(jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
 
 
 class StyleLoss:
@@ -204,19 +197,20 @@ class _StyleFamily(Pipeline):
             return style_images.keep_colors(result, content)
         return result
 
-    def judge_images(self, result: np.ndarray, content: np.ndarray, styles, blend) -> dict:
-        """Style, content and colour distances of ``result`` (uint8 ``[H, W, 3]``) under the
-        evaluation network, beside the content image's own."""
+    @functools.cached_property
+    def _judge(self):
+        """The evaluation network, its loss and that loss's parts compiled, built once."""
         ec = self.config.eval
         net = feature_nets.load(ec.features, int(ec.features_seed))
         judge = StyleLoss(_judge_config(net), net)
+        return net, judge, jax.jit(lambda net, targets, images: judge(net, targets, images)[1])
+
+    def judge_images(self, result: np.ndarray, content: np.ndarray, styles, blend) -> dict:
+        """Style, content and colour distances of ``result`` (uint8 ``[H, W, 3]``) under the
+        evaluation network, beside the content image's own."""
+        net, judge, parts = self._judge
         c, r = to_model(content[None]), to_model(result[None])
         targets = judge.targets(net, c, [to_model(s[None]) for s in styles], blend)
-
-        @jax.jit
-        def parts(net, targets, images):
-            return judge(net, targets, images)[1]
-
         mine, own = parts(net, targets, r), parts(net, targets, c)
         content_norm = sum(float(jnp.sum(jnp.square(v))) / 2 for v in targets["content"].values())
         out = {
@@ -411,7 +405,7 @@ class StyleTransferPipeline(_StyleFamily):
     # -- results ------------------------------------------------------------------------------
     def result(self, state) -> np.ndarray:
         """The stylised image, uint8 ``[H, W, 3]`` (colour-preserved as configured)."""
-        return self.postprocess(to_uint8(state["image"][0]), self.content)
+        return self.postprocess(np.asarray(to_uint8(state["image"][0])), self.content)
 
     def generate(self, state, prompts, rng, **options) -> np.ndarray:
         """The optimised image for the content it was optimised for (``config.content``); any
@@ -579,7 +573,7 @@ class FastStyleTransferPipeline(_StyleFamily):
         """One image (path, bundled name or array; any size and aspect) -> uint8 [H, W, 3], its
         longer side ``image_size`` (0: as given)."""
         content = style_images.fit(style_images.load_image(image), self.eval_size)
-        out = to_uint8(self._forward(state.params, to_model(content[None]))[0])
+        out = np.asarray(to_uint8(self._forward(state.params, to_model(content[None]))[0]))
         return self.postprocess(out, content)
 
     def generate(self, state, prompts, rng, **options) -> np.ndarray:
@@ -591,7 +585,7 @@ class FastStyleTransferPipeline(_StyleFamily):
         batch = np.stack(
             [first] + [style_images.resize(style_images.load_image(p), h, w) for p in prompts[1:]]
         )
-        out = to_uint8(self._forward(state.params, to_model(batch)))
+        out = np.asarray(to_uint8(self._forward(state.params, to_model(batch))))
         return np.stack([self.postprocess(o, c) for o, c in zip(out, batch, strict=True)])
 
     def sample_images(self, state, prompts, rng) -> np.ndarray:
