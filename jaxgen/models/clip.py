@@ -114,13 +114,23 @@ class TextTower(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, train: bool = False, return_pooled: bool = False):
+    def __call__(
+        self,
+        tokens: jax.Array,
+        train: bool = False,
+        return_pooled: bool = False,
+        return_sequence: bool = False,
+    ):
         """int32 tokens ``[B, L]`` -> unit vectors ``[B, embed_dim]`` (float32); with
-        ``return_pooled`` also the encoder's pooled state ``[B, W]`` (float32)."""
+        ``return_pooled`` also the encoder's pooled state ``[B, W]`` (float32); with
+        ``return_sequence`` (instead) the encoder's token states ``[B, L, W]`` (float32) and
+        their mask (bool ``[B, L]``, True on non-PAD tokens): ``(emb, seq, mask)``."""
         encoder = TextEncoder(**{"dtype": self.dtype, **(self.text or {})}, name="encoder")
-        _, pooled, _ = encoder(tokens, train=train)
+        seq, pooled, mask = encoder(tokens, train=train)
         pooled = pooled.astype(jnp.float32)
         emb = l2_normalize(nn.Dense(self.embed_dim, use_bias=False, name="proj")(pooled))
+        if return_sequence:
+            return emb, seq.astype(jnp.float32), mask
         return (emb, pooled) if return_pooled else emb
 
 

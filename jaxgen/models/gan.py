@@ -8,6 +8,10 @@ projected embedding over the 4x4 grid, concatenates it depth-wise and scores wit
 convolution gradients are slow). No running batch statistics (they would add mutable state to
 every network): the generator uses GroupNorm, the discriminator a LayerNorm over each position's
 channels.
+
+For the family's default (``experiments/gan.py``): the discriminator can also read features of a
+frozen image tower (a CLIP's) with a projection term, and ``AttnGenerator`` reads the caption
+word by word (``WordAttention``) with the sentence embedding modulating every normalisation.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.models.layers import Dtype, conv3x3, num_groups_for
+from jaxgen.models.layers import Dtype, GroupNorm, conv3x3, num_groups_for
 
 
 def _levels(image_size: int) -> int:
@@ -134,16 +138,43 @@ class Discriminator(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, text_emb: jax.Array) -> jax.Array:
-        """Args: images ``[B, S, S, 3]`` in [-1, 1], text_emb ``[B, E]``. Returns ``[B]``."""
+    def __call__(
+        self, images: jax.Array, text_emb: jax.Array, clip_features: jax.Array | None = None
+    ) -> jax.Array:
+        """Scores (image, text) pairs.
+
+        Args:
+          images: ``[B, S, S, 3]`` in [-1, 1].
+          text_emb: ``[B, E]``.
+          clip_features: optional ``[B, F]`` features of the same images from a frozen image
+            tower (LAFITE / GALIP's CLIP-feature discriminator). They are projected, leaky-ReLU'd
+            and replicated over the 4x4 grid beside the text, and a projection term
+            ``<W f, text_emb>`` (Miyato & Koyama 2018) is added to the logit, so a match in the
+            tower's joint space counts directly. Without them the network is the paper's.
+
+        Returns:
+          ``[B]`` float32 logits.
+        """
         h = _Downsampler(self.image_size, self.ch, self.dtype, name="down")(images)
         t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
-        t = jnp.broadcast_to(t[:, None, None, :], (*h.shape[:3], t.shape[-1]))
-        h = jnp.concatenate([h, t.astype(h.dtype)], axis=-1)
+        parts = [h, jnp.broadcast_to(t[:, None, None, :], (*h.shape[:3], t.shape[-1]))]
+        if clip_features is not None:
+            c = TextProjection(self.text_dim, self.dtype, name="clip_proj")(clip_features)
+            parts.append(jnp.broadcast_to(c[:, None, None, :], (*h.shape[:3], c.shape[-1])))
+        h = jnp.concatenate([p.astype(h.dtype) for p in parts], axis=-1)
         h = _conv(h.shape[-1] // 2, 1, 1, self.dtype, "joint")(h)
         h = nn.leaky_relu(nn.LayerNorm(dtype=self.dtype, name="norm_joint")(h), 0.2)
         h = nn.Conv(1, (4, 4), padding="VALID", dtype=self.dtype, name="score")(h)
-        return h.reshape(h.shape[0]).astype(jnp.float32)
+        logit = h.reshape(h.shape[0]).astype(jnp.float32)
+        if clip_features is not None:
+            proj = nn.Dense(
+                text_emb.shape[-1],
+                use_bias=False,
+                kernel_init=nn.initializers.zeros,  # no match term until D learns one
+                name="clip_match",
+            )(clip_features.astype(jnp.float32))
+            logit = logit + jnp.sum(proj * text_emb.astype(jnp.float32), axis=-1)
+        return logit
 
 
 class InverseNetwork(nn.Module):
@@ -164,3 +195,122 @@ class InverseNetwork(nn.Module):
         h = _Downsampler(self.image_size, self.ch, self.dtype, name="down")(images)
         h = h.reshape(h.shape[0], -1)
         return nn.Dense(self.z_dim, dtype=self.dtype, name="fc")(h).astype(jnp.float32)
+
+
+class WordAttention(nn.Module):
+    """Cross-attention from every position of a feature map to the caption's token states
+    (AttnGAN's word context, GigaGAN's cross-attention), added residually:
+    ``x + out(softmax(q(LN(x) + pos) k(w)^T / sqrt(d)) v(w))``.
+
+    A learned position embedding joins each query, so a position can ask for the words that
+    belong there ("... left of ..."). PAD tokens get zero weight. The weights ``[B, heads,
+    H * W, L]`` are sown as ``intermediates/attention``. The output projection starts at zero,
+    so the block starts as the identity.
+
+    Attributes:
+      num_heads: attention heads (must divide the channels).
+      dtype: compute dtype.
+    """
+
+    num_heads: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, words: jax.Array, mask: jax.Array) -> jax.Array:
+        """Args: x ``[B, H, W, C]``; words ``[B, L, Wt]``; mask ``[B, L]`` (True or > 0 on
+        tokens that may be attended to). Returns ``[B, H, W, C]``."""
+        b, h, w, c = x.shape
+        n = self.num_heads
+        if c % n:
+            raise ValueError(f"WordAttention: {c} channels do not split into {n} heads.")
+        pos = self.param("pos", nn.initializers.normal(0.02), (h * w, c), jnp.float32)
+        q = nn.LayerNorm(dtype=self.dtype, name="ln")(x).reshape(b, h * w, c) + pos
+        q = nn.Dense(c, dtype=self.dtype, name="q")(q).reshape(b, h * w, n, c // n)
+        kv = nn.Dense(2 * c, dtype=self.dtype, name="kv")(words.astype(self.dtype))
+        kv = kv.reshape(b, words.shape[1], 2, n, c // n)
+        logits = jnp.einsum(
+            "bqnd,bknd->bnqk", q, kv[:, :, 0], preferred_element_type=jnp.float32
+        ) * ((c // n) ** -0.5)
+        valid = (mask > 0)[:, None, None, :]
+        logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        self.sow("intermediates", "attention", weights)
+        out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), kv[:, :, 1])
+        out = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="out")(
+            out.reshape(b, h, w, c)
+        )
+        return x + out
+
+
+class AttnGenerator(nn.Module):
+    """A generator that reads the caption word by word: ``G(z, text) -> images`` in [-1, 1].
+
+    From a 4x4 map (a dense layer of the noise and the projected sentence embedding), one
+    residual block per resolution up to ``image_size``; in each block two GroupNorms take a
+    per-sample affine (scale and shift) computed from ``[z, sentence]`` (DF-GAN's deep fusion,
+    as FiLM), and at the resolutions in ``attention_sizes`` a ``WordAttention`` reads the
+    caption's token states. Nearest 2x upsampling and a 3x3 conv between resolutions.
+
+    Attributes:
+      image_size: output side (power of two >= 8).
+      ch: channels at the output resolution; doubled per level down to 4x4 (capped at 8 * ch).
+      text_dim: width of the projected sentence embedding.
+      attention_sizes: resolutions with word attention (empty: sentence conditioning only).
+      num_heads: heads of the word attention.
+      dtype: compute dtype.
+    """
+
+    image_size: int = 32
+    ch: int = 32
+    text_dim: int = 128
+    attention_sizes: tuple[int, ...] = (4, 8, 16)
+    num_heads: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        z: jax.Array,
+        text_emb: jax.Array,
+        words: jax.Array | None = None,
+        mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Args: z ``[B, Z]``; text_emb ``[B, E]``; words ``[B, L, Wt]`` and mask ``[B, L]``
+        (needed when ``attention_sizes`` is not empty). Returns ``[B, S, S, 3]`` float32."""
+        if self.attention_sizes and (words is None or mask is None):
+            raise ValueError("AttnGenerator with attention_sizes needs the words and their mask.")
+        levels = _levels(self.image_size)
+        widths = [min(self.ch * 2 ** (levels - i), 8 * self.ch) for i in range(levels + 1)]
+        t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
+        cond = jnp.concatenate([z.astype(self.dtype), t.astype(self.dtype)], axis=-1)
+        h = nn.Dense(16 * widths[0], dtype=self.dtype, name="fc")(cond)
+        h = h.reshape(h.shape[0], 4, 4, widths[0])
+
+        def fused_norm(h, name):
+            c = h.shape[-1]
+            film = nn.Dense(
+                2 * c, dtype=jnp.float32, kernel_init=nn.initializers.zeros, name=f"{name}_film"
+            )(cond)
+            groups = num_groups_for(c, 32)
+            h = GroupNorm(groups, dtype=self.dtype, name=name)(h, (film[:, :c], film[:, c:]))
+            return nn.relu(h)
+
+        for i in range(levels + 1):
+            size = 4 * 2**i
+            r = conv3x3(widths[i], self.dtype, name=f"block{i}_conv_a")(
+                fused_norm(h, f"block{i}_norm_a")
+            )
+            r = conv3x3(widths[i], self.dtype, name=f"block{i}_conv_b")(
+                fused_norm(r, f"block{i}_norm_b")
+            )
+            h = h + r
+            if size in self.attention_sizes:
+                h = WordAttention(self.num_heads, self.dtype, name=f"attn{i}")(h, words, mask)
+            if i < levels:
+                b, s, _, c = h.shape
+                h = jax.image.resize(h, (b, 2 * s, 2 * s, c), "nearest")
+                h = conv3x3(widths[i + 1], self.dtype, name=f"up{i}")(h)
+        h = nn.relu(
+            GroupNorm(num_groups_for(h.shape[-1], 32), dtype=self.dtype, name="norm_out")(h)
+        )
+        return jnp.tanh(conv3x3(3, self.dtype, name="to_rgb")(h).astype(jnp.float32))
