@@ -36,11 +36,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gan.variant = variants.pop() if variants else "gan_int_cls"
     config.gan.int_beta = 0.5  # the paper's fixed interpolation weight
     config.gan.int_weight = 1.0
+    # The modern default's options (experiments/gan.py), off here: the paper's loss and nothing
+    # else.
+    config.gan.loss = "nonsaturating"  # or "hinge"
+    config.gan.gp_weight = 0.0  # DF-GAN's matching-aware gradient penalty (2.0 there)
+    config.gan.gp_power = 6.0
+    config.gan.clip_weight = 0.0  # contrastive CLIP term on the generated images
+    config.gan.hard_negatives = False  # mismatches from the batch's nearest captions (shapes)
 
     config.model.z_dim = 100
     config.model.g_ch = 32
     config.model.d_ch = 32
     config.model.text_dim = 128  # the paper's projected text embedding
+    config.model.generator = "dcgan"  # or "attention" (AttnGenerator, experiments/gan.py)
+    config.model.attention_sizes = (4, 8, 16)  # resolutions of the word attention
+    config.model.attention_heads = 4
+    config.model.d_clip = False  # the discriminator also reads the frozen CLIP image tower
+    # The CLIP's image tower settings (experiments/clip.py), for d_clip and gan.clip_weight.
+    config.model.clip_image = ml_collections.ConfigDict(
+        dict(widths=(32, 64, 128), dim=256, patch_size=2, colour="factorised")
+    )
     # "clip": the frozen text tower of the CLIP run at text_init; "joint": trained with D's loss.
     # "pretrain:clip" trains config.pretrain.clip into <workdir>/pretrain/clip first (~10
     # minutes on a 2-core CPU); a path reuses a trained CLIP workdir.
@@ -80,6 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         make_smoke(config, steps=12, batch_size=8, log_every=4)
         config.model.update(dict(g_ch=8, d_ch=8, z_dim=16, text_dim=16, embed_dim=32))
         config.model.text.update(dict(width=32, depth=1, num_heads=2))
+        config.model.clip_image.update(dict(widths=(8, 16), dim=32, patch_size=1))
         config.eval.update(
             dict(num_samples=16, diversity_prompts=2, diversity_samples=4, clip_workdir="")
         )

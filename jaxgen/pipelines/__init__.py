@@ -11,6 +11,7 @@ PIPELINES = {
     "ddpm": "jaxgen.pipelines.ddpm:DDPMPipeline",
     "fast_style_transfer": "jaxgen.pipelines.style_transfer:FastStyleTransferPipeline",
     "dvae": "jaxgen.pipelines.autoencoder:AutoencoderPipeline",
+    "gan": "jaxgen.pipelines.gan_int_cls:GANINTCLSPipeline",
     "gan_int_cls": "jaxgen.pipelines.gan_int_cls:GANINTCLSPipeline",
     "style_transfer": "jaxgen.pipelines.style_transfer:StyleTransferPipeline",
     "text2scene": "jaxgen.pipelines.text2scene:Text2ScenePipeline",
