@@ -159,6 +159,16 @@ def test_ddpm_speed_reports_training_sampling_and_the_unconditional_step(tmp_pat
     assert "step rate / matmul rate" in proc.stdout and "sampler / (2 x forward)" in proc.stdout
 
 
+def test_gan_speed_times_the_gan_and_the_ddpm_sampler_on_the_same_prompts(tmp_path):
+    out = tmp_path / "gan_speed.json"
+    proc = run_benchmark("gan_speed.py", "--smoke", "--batch=4", "--repeats=1", f"--json_out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["batch"] == 4 and set(r["images_per_second"]) == {"gan", "ddpm"}
+    assert all(v > 0 for v in r["images_per_second"].values())
+    assert "GAN / DDPM images per second" in proc.stdout and "attention generator" in proc.stdout
+
+
 def test_dalle_speed_reports_training_the_cache_the_sampler_and_maskgit(tmp_path):
     out = tmp_path / "dalle.json"
     proc = run_benchmark(

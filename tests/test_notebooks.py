@@ -42,7 +42,7 @@ def outputs_text(nb) -> str:
 EXPERIMENTS = {
     "dalle": ("dalle", "test/colour"),
     "ddpm": ("ddpm", "test/colour"),
-    "gan_int_cls": ("gan_int_cls", "test/colour"),
+    "gan": ("gan", "test/colour"),
     "style_transfer": (
         "style_transfer",
         "style/style_reduction",
