@@ -40,14 +40,11 @@ def sampler(name: str, workdir: str | None, smoke: bool):
         source = data_lib.build_source(config.data, "train")
         example = {k: np.stack([source[i][k] for i in range(2)]) for k in ("image", "tokens")}
         state = jax.jit(pipe.init)(jax.random.key(0), example)
-    config = pipe.config
-    what = {
-        "gan": lambda: f"{config.model.generator} generator, one pass",
-        "ddpm": lambda: (
-            f"{config.sample.sampler}-{config.sample.num_steps}, guidance "
-            f"{config.sample.guidance_scale}"
-        ),
-    }[name]()
+    sc = pipe.config.sample
+    if name == "gan":
+        what = f"{pipe.config.model.generator} generator, one pass"
+    else:
+        what = f"{sc.sampler}-{sc.num_steps}, guidance {sc.guidance_scale}"
 
     def generate(prompts, seed):
         return pipe.generate(state, prompts, jax.random.key(seed))

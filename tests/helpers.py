@@ -68,6 +68,27 @@ def experiment_config(name: str, arg: str | None = None):
     return load_experiment(name, arg)
 
 
+def pipeline_from(name: str, arg: str | None = None, **overrides):
+    """``(pipeline, config)`` of ``experiments/<name>.py:<arg>`` with dotted-key overrides
+    (``**{"model.text_init": path}``; an unknown key is an error naming the valid ones)."""
+    from jaxgen.config import resolve_key
+    from jaxgen.training.workdir import build_pipeline
+
+    config = experiment_config(name, arg)
+    for key, value in overrides.items():
+        parent, leaf = resolve_key(config, key)
+        parent[leaf] = value
+    return build_pipeline(config), config
+
+
+def train_batch(config, n: int = 8, keys=("image", "tokens")) -> dict[str, np.ndarray]:
+    """The first ``n`` training examples of ``config.data``, stacked, for ``keys``."""
+    from jaxgen import data as data_lib
+
+    source = data_lib.build_source(config.data, "train")
+    return {k: np.stack([source[i][k] for i in range(n)]) for k in keys}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import copy_workdir, experiment_config, run_cli, shared_config_run
+from helpers import (
+    copy_workdir,
+    experiment_config,
+    pipeline_from,
+    run_cli,
+    shared_config_run,
+    train_batch,
+)
 
 import jaxgen
 from jaxgen.models.gan import AttnGenerator, Discriminator, WordAttention
@@ -20,7 +27,6 @@ from jaxgen.pipelines.gan_int_cls import (
     matching_gradient_penalty,
     nearest_mismatch,
 )
-from jaxgen.training.workdir import build_pipeline
 
 
 # -- networks -----------------------------------------------------------------------------------
@@ -171,22 +177,13 @@ def test_nearest_mismatch_picks_the_closest_different_caption():
 
 # -- the pipeline in process --------------------------------------------------------------------
 def _pipeline(arg="smoke", **overrides):
-    config = experiment_config("gan", arg)
-    config.model.text_init = "unused: the tests do not warm-start"
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return build_pipeline(config), config
+    # The tests build states with init and do not warm-start from a CLIP run.
+    overrides = {"model.text_init": "unused: no warm start", **overrides}
+    return pipeline_from("gan", arg, **overrides)
 
 
 def _batch(config, n=8):
-    from jaxgen import data as data_lib
-
-    src = data_lib.build_source(config.data, "train")
-    return {k: np.stack([src[i][k] for i in range(n)]) for k in ("image", "tokens", "parse")}
+    return train_batch(config, n, ("image", "tokens", "parse"))
 
 
 def test_variants_and_ablations_select_their_components():

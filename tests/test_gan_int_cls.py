@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import experiment_config, run_cli
+from helpers import experiment_config, pipeline_from, run_cli, train_batch
 
 import jaxgen
 from jaxgen.data import shapes
@@ -20,7 +20,6 @@ from jaxgen.pipelines.gan_int_cls import (
     generator_loss,
     interpolate,
 )
-from jaxgen.training.workdir import build_pipeline
 
 
 # -- networks -----------------------------------------------------------------------------------
@@ -119,21 +118,11 @@ def test_interpolation_path():
 
 # -- the pipeline in process --------------------------------------------------------------------
 def _pipeline(arg="smoke,joint", **overrides):
-    config = experiment_config("gan_int_cls", arg)
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return build_pipeline(config), config
+    return pipeline_from("gan_int_cls", arg, **overrides)
 
 
 def _batch(config, n=8):
-    from jaxgen import data as data_lib
-
-    src = data_lib.build_source(config.data, "train")
-    return {k: np.stack([src[i][k] for i in range(n)]) for k in ("image", "tokens")}
+    return train_batch(config, n)
 
 
 def test_variants_select_the_paper_components():

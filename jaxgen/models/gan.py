@@ -22,7 +22,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.models.layers import Dtype, GroupNorm, conv3x3, num_groups_for
+from jaxgen.models.layers import (
+    Dtype,
+    GroupNorm,
+    attention,
+    conv3x3,
+    num_groups_for,
+    upsample_nearest,
+)
 
 
 def _levels(image_size: int) -> int:
@@ -58,6 +65,19 @@ class TextProjection(nn.Module):
         return nn.leaky_relu(h, 0.2)
 
 
+def _start(gen: nn.Module, z: jax.Array, text_emb: jax.Array):
+    """A generator's start, inside its compact ``__call__`` (the layers are ``gen``'s own,
+    named ``text_proj`` and ``fc``): the channel widths from 4x4 to ``gen.image_size``
+    (``gen.ch`` at the output, doubled per level down, capped at ``8 * gen.ch``), the
+    conditioning ``[z, projected text]`` and the 4x4 map a dense layer makes of it."""
+    levels = _levels(gen.image_size)
+    widths = [min(gen.ch * 2 ** (levels - i), 8 * gen.ch) for i in range(levels + 1)]
+    t = TextProjection(gen.text_dim, gen.dtype, name="text_proj")(text_emb)
+    cond = jnp.concatenate([z.astype(gen.dtype), t.astype(gen.dtype)], axis=-1)
+    h = nn.Dense(16 * widths[0], dtype=gen.dtype, name="fc")(cond)
+    return widths, cond, h.reshape(h.shape[0], 4, 4, widths[0])
+
+
 class Generator(nn.Module):
     """``G(z, phi(t))`` -> images in [-1, 1].
 
@@ -79,12 +99,8 @@ class Generator(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array, text_emb: jax.Array) -> jax.Array:
         """Args: z ``[B, Z]``, text_emb ``[B, E]``. Returns ``[B, S, S, 3]`` float32."""
-        levels = _levels(self.image_size)
-        widths = [min(self.ch * 2 ** (levels - i), 8 * self.ch) for i in range(levels + 1)]
-        t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
-        cond = jnp.concatenate([z.astype(self.dtype), t.astype(self.dtype)], axis=-1)
-        h = nn.Dense(16 * widths[0], dtype=self.dtype, name="fc")(cond)
-        h = h.reshape(h.shape[0], 4, 4, widths[0])
+        widths, cond, h = _start(self, z, text_emb)
+        levels = len(widths) - 1
 
         def norm(h, name):
             groups = num_groups_for(h.shape[-1], 32)
@@ -228,14 +244,8 @@ class WordAttention(nn.Module):
         q = nn.Dense(c, dtype=self.dtype, name="q")(q).reshape(b, h * w, n, c // n)
         kv = nn.Dense(2 * c, dtype=self.dtype, name="kv")(words.astype(self.dtype))
         kv = kv.reshape(b, words.shape[1], 2, n, c // n)
-        logits = jnp.einsum(
-            "bqnd,bknd->bnqk", q, kv[:, :, 0], preferred_element_type=jnp.float32
-        ) * ((c // n) ** -0.5)
-        valid = (mask > 0)[:, None, None, :]
-        logits = jnp.where(valid, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1)
+        out, weights = attention(q, kv[:, :, 0], kv[:, :, 1], mask > 0, return_weights=True)
         self.sow("intermediates", "attention", weights)
-        out = jnp.einsum("bnqk,bknd->bqnd", weights.astype(self.dtype), kv[:, :, 1])
         out = nn.Dense(c, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="out")(
             out.reshape(b, h, w, c)
         )
@@ -279,12 +289,8 @@ class AttnGenerator(nn.Module):
         (needed when ``attention_sizes`` is not empty). Returns ``[B, S, S, 3]`` float32."""
         if self.attention_sizes and (words is None or mask is None):
             raise ValueError("AttnGenerator with attention_sizes needs the words and their mask.")
-        levels = _levels(self.image_size)
-        widths = [min(self.ch * 2 ** (levels - i), 8 * self.ch) for i in range(levels + 1)]
-        t = TextProjection(self.text_dim, self.dtype, name="text_proj")(text_emb)
-        cond = jnp.concatenate([z.astype(self.dtype), t.astype(self.dtype)], axis=-1)
-        h = nn.Dense(16 * widths[0], dtype=self.dtype, name="fc")(cond)
-        h = h.reshape(h.shape[0], 4, 4, widths[0])
+        widths, cond, h = _start(self, z, text_emb)
+        levels = len(widths) - 1
 
         def fused_norm(h, name):
             c = h.shape[-1]
@@ -307,9 +313,7 @@ class AttnGenerator(nn.Module):
             if size in self.attention_sizes:
                 h = WordAttention(self.num_heads, self.dtype, name=f"attn{i}")(h, words, mask)
             if i < levels:
-                b, s, _, c = h.shape
-                h = jax.image.resize(h, (b, 2 * s, 2 * s, c), "nearest")
-                h = conv3x3(widths[i + 1], self.dtype, name=f"up{i}")(h)
+                h = conv3x3(widths[i + 1], self.dtype, name=f"up{i}")(upsample_nearest(h))
         h = nn.relu(
             GroupNorm(num_groups_for(h.shape[-1], 32), dtype=self.dtype, name="norm_out")(h)
         )

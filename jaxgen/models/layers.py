@@ -131,7 +131,8 @@ def attention(
     k: jax.Array,
     v: jax.Array,
     mask: jax.Array | None = None,
-) -> jax.Array:
+    return_weights: bool = False,
+):
     """Scaled dot-product attention, softmax in float32.
 
     Args:
@@ -140,17 +141,20 @@ def attention(
       v: values ``[B, K, N, D]``.
       mask: optional bool ``[B, K]`` (per key) or ``[B, Q, K]`` (per query and key); False keys get
         zero weight. A row with no True key attends uniformly (no NaN).
+      return_weights: also return the attention weights.
 
     Returns:
-      ``[B, Q, N, D]`` in ``q.dtype``.
+      ``[B, Q, N, D]`` in ``q.dtype``; with ``return_weights`` also the float32 weights
+      ``[B, N, Q, K]``.
     """
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bnqk,bknd->bqnd", w, v)
+    w = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bnqk,bknd->bqnd", w.astype(v.dtype), v)
+    return (out, w) if return_weights else out
 
 
 class TransformerBlock(nn.Module):

@@ -346,18 +346,22 @@ class GANINTCLSPipeline(Pipeline):
             )
 
         # G against the updated D (and the frozen CLIP).
-        def adversarial(images, texts):
-            feats = self._d_features(clip, images)
+        def adversarial(images, texts, clip_out=None):
+            # clip_out: the images' (features, embedding) when the caller has them already.
+            feats = None
+            if self.d_clip:
+                feats = (clip_out or self._clip_features(clip, images))[0]
             return generator_loss(
                 self._score(new_params["D"], images, texts, feats), self.loss_kind
             )
 
         def g_objective(images):
-            adv = adversarial(images, t)
+            # One pass of the frozen image tower serves D's features and the CLIP term.
+            clip_out = self._clip_features(clip, images) if self.uses_clip_image else None
+            adv = adversarial(images, t, clip_out)
             clip_loss = jnp.zeros(())
             if self.clip_weight > 0:
-                emb = self._clip_features(clip, images)[1]
-                clip_loss = clip_contrastive_loss(emb, t, clip["logit_scale"])
+                clip_loss = clip_contrastive_loss(clip_out[1], t, clip["logit_scale"])
             return adv + self.clip_weight * clip_loss, clip_loss
 
         (g_loss, clip_loss), d_fake_images = jax.value_and_grad(g_objective, has_aux=True)(fake)
