@@ -20,6 +20,7 @@ from jaxgen.models.layers import (
 )
 from jaxgen.models.text_encoder import BOS_ID, EOS_ID, PAD_ID, TextEncoder
 from jaxgen.models.unet import (
+    ResBlock,
     UNet,
 )
 
@@ -54,7 +55,6 @@ def tiny_unet(**kw):
         num_heads=2,
         norm_groups=8,
         text_encoder=TextEncoder(**TINY_TEXT),
-        conv_impl="xla",  # compiles faster than im2col; the two are checked equal above
     )
     cfg.update(kw)
     return UNet(**cfg)
@@ -89,16 +89,94 @@ def test_group_norm_matches_flax_reference():
     )
 
 
-@pytest.mark.parametrize("strides", [1, 2])
-def test_conv3x3_im2col_matches_xla_and_nn_conv(strides):
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
-    params = Conv3x3(7, strides, impl="xla").init(jax.random.key(1), x)
-    params = perturb(params, jax.random.key(2))  # non-zero bias
-    ref = nn.Conv(7, (3, 3), strides=strides, padding=((1, 1), (1, 1))).apply(params, x)
-    for impl in ("xla", "im2col"):
-        out = Conv3x3(7, strides, impl=impl).apply(params, x)
-        chex.assert_shape(out, (2, 8 // strides, 8 // strides, 7))
-        chex.assert_trees_all_close(out, ref, atol=1e-5, rtol=1e-5)
+# float32 agrees to rounding. bfloat16 (8 significant bits) rounds in other places (per part),
+# and a gradient summed over the 72 positions of a batch collects those roundings: a few percent.
+_TOL = {"float32": 2e-5, "bfloat16": 5e-2}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape,strides", [((2, 8, 8, 5), 1), ((2, 8, 8, 5), 2), ((3, 7, 5, 3), 2)])
+def test_conv3x3_matches_nn_conv_values_and_gradients(shape, strides, dtype):
+    """Conv3x3 is flax's nn.Conv with padding 1 (the parameters, values and gradients), at odd
+    sizes and strides too; bfloat16 within its rounding."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    conv = Conv3x3(7, strides, dtype=jnp.dtype(dtype))
+    ref = nn.Conv(7, (3, 3), strides=strides, padding=((1, 1), (1, 1)), dtype=jnp.dtype(dtype))
+    params = perturb(conv.init(jax.random.key(1), x), jax.random.key(2))  # non-zero bias
+    chex.assert_trees_all_equal_shapes(params, ref.init(jax.random.key(1), x))
+    w = jax.random.normal(jax.random.key(3), conv.apply(params, x).shape)
+
+    def loss(module, params, x):
+        out = module.apply(params, x)
+        return jnp.sum(out.astype(jnp.float32) * w), out
+
+    (_, out), grads = jax.value_and_grad(
+        functools.partial(loss, conv), argnums=(0, 1), has_aux=True
+    )(params, x)
+    (_, out_ref), grads_ref = jax.value_and_grad(
+        functools.partial(loss, ref), argnums=(0, 1), has_aux=True
+    )(params, x)
+    ho, wo = -(-shape[1] // strides), -(-shape[2] // strides)
+    chex.assert_shape(out, (shape[0], ho, wo, 7))
+    chex.assert_equal(out.dtype, jnp.dtype(dtype))
+    tol = _TOL[dtype]
+    for a, b in zip(
+        jax.tree.leaves((out, grads)), jax.tree.leaves((out_ref, grads_ref)), strict=True
+    ):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, atol=tol * np.abs(b).max())
+
+
+# Channel splits where group boundaries fall inside a part (6 + 10 with 4 groups of 4), odd widths
+# (5 + 3), and three parts.
+_SPLITS = [(6, 10), (5, 3), (4, 4, 8)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("split", _SPLITS)
+def test_parts_equal_their_concatenation(split, dtype):
+    """GroupNorm, Conv3x3 (strides 1 and 2) and the UNet's ResBlock read a tuple of parts as
+    their concatenation: the same parameters, values and gradients (inputs and parameters)."""
+    dtype = jnp.dtype(dtype)
+    keys = jax.random.split(jax.random.key(0), len(split))
+    parts = tuple(
+        (jax.random.normal(k, (2, 6, 6, c)) * 2.0 + 0.5).astype(dtype)
+        for k, c in zip(keys, split, strict=True)
+    )
+    emb = jax.random.normal(jax.random.key(5), (2, 12))
+    block = ResBlock(8, film=True, norm_groups=4, dtype=dtype)
+    cases = {
+        "group_norm": (GroupNorm(4, dtype=dtype), ()),
+        "conv": (Conv3x3(7, 1, dtype=dtype), ()),
+        "conv_stride2": (Conv3x3(7, 2, dtype=dtype), ()),
+        "res_block": (block, (emb,)),
+    }
+    for name, (module, extra) in cases.items():
+        cat = jnp.concatenate(parts, -1)
+        variables = module.init(jax.random.key(1), cat, *extra)
+        chex.assert_trees_all_equal_shapes(variables, module.init(jax.random.key(1), parts, *extra))
+        variables = perturb(variables, jax.random.key(2), 0.3)  # zero-init layers read input
+
+        def loss(variables, parts, joined, module=module, extra=extra):
+            x = jnp.concatenate(parts, -1) if joined else parts
+            out = module.apply(variables, x, *extra)
+            out = jnp.concatenate(out, -1) if isinstance(out, tuple) else out
+            w = jax.random.normal(jax.random.key(9), out.shape)
+            return jnp.sum(out.astype(jnp.float32) * w), out
+
+        grad = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+        ((_, out_cat), g_cat), ((_, out_parts), g_parts) = (
+            grad(variables, parts, joined) for joined in (True, False)
+        )
+        tol = _TOL[dtype.name]
+        chex.assert_equal(out_parts.dtype, dtype)
+        out_cat, out_parts = (np.asarray(o, np.float32) for o in (out_cat, out_parts))
+        np.testing.assert_allclose(
+            out_parts, out_cat, atol=tol * np.abs(out_cat).max(), err_msg=name
+        )
+        for a, b in zip(jax.tree.leaves(g_parts), jax.tree.leaves(g_cat), strict=True):
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            np.testing.assert_allclose(a, b, atol=tol * np.abs(b).max(), err_msg=name)
 
 
 def test_num_groups_for():
@@ -279,7 +357,6 @@ def test_unet_text_conditioning_reaches_both_paths(cond_unet):
                 ch_mults=(1, 2, 2),
                 resblock_updown=True,
                 film=False,
-                conv_impl="im2col",
             ),
         ),
         (32, dict(text_encoder=dict(TINY_TEXT), ch_mults=(1, 2, 2), dropout=0.1)),

@@ -4,10 +4,9 @@ Layout as in the paper, at any power-of-two size >= 8: the text embedding is pro
 ``text_dim`` (128) by a dense layer with leaky ReLU; the generator concatenates it with the noise
 ``z`` and upsamples from 4x4; the discriminator downsamples the image to 4x4, replicates the
 projected embedding over the 4x4 grid, concatenates it depth-wise and scores with a 1x1 conv and a
-4x4 conv. The generator's 3x3 convs are ``layers.Conv3x3`` (im2col on a CPU, where XLA's native
-convolution gradients are slow). No running batch statistics (they would add mutable state to
-every network): the generator uses GroupNorm, the discriminator a LayerNorm over each position's
-channels.
+4x4 conv. The generator's 3x3 convs are ``layers.Conv3x3``. No running batch statistics (they
+would add mutable state to every network): the generator uses GroupNorm, the discriminator a
+LayerNorm over each position's channels.
 
 For the family's default (``experiments/gan.py``): the discriminator can also read features of a
 frozen image tower (a CLIP's) with a projection term, and ``AttnGenerator`` reads the caption

@@ -72,26 +72,35 @@ class GroupNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, film: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    def __call__(self, x, film: tuple[jax.Array, jax.Array] | None = None):
         """Normalises ``x``.
 
         Args:
-          x: activations ``[B, ..., C]`` (spatial axes in the middle).
+          x: activations ``[B, ..., C]`` (spatial axes in the middle), or a tuple of parts
+            ``[B, ..., C_i]`` that stand for their concatenation along the channels (a UNet's
+            upsampling input and its skip): each part is normalised as its channels of the
+            concatenation would be, and the concatenation itself is never written.
           film: optional ``(scale, shift)``, each ``[B, C]``.
 
         Returns:
-          ``[B, ..., C]`` in ``self.dtype``.
+          ``[B, ..., C]`` in ``self.dtype`` (a tuple of the parts' for a tuple ``x``).
         """
-        c = x.shape[-1]
+        parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        widths = [p.shape[-1] for p in parts]
+        c = sum(widths)
         g = num_groups_for(c, self.num_groups)
         gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        axes = tuple(range(1, x.ndim - 1))
-        xf = x.astype(jnp.float32)
-        mean = jnp.mean(xf, axis=axes)  # [B, C]
-        mean_sq = jnp.mean(jnp.square(xf), axis=axes)
+        axes = tuple(range(1, parts[0].ndim - 1))
+        # Per-channel moments of each part, joined on the small [B, C] tensors.
+        mean = jnp.concatenate(
+            [jnp.mean(p.astype(jnp.float32), axis=axes) for p in parts], axis=-1
+        )  # [B, C]
+        mean_sq = jnp.concatenate(
+            [jnp.mean(jnp.square(p.astype(jnp.float32)), axis=axes) for p in parts], axis=-1
+        )
         if g != c:
-            b = x.shape[0]
+            b = parts[0].shape[0]
             mean = jnp.repeat(mean.reshape(b, g, c // g).mean(-1), c // g, axis=-1)
             mean_sq = jnp.repeat(mean_sq.reshape(b, g, c // g).mean(-1), c // g, axis=-1)
         var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
@@ -102,8 +111,14 @@ class GroupNorm(nn.Module):
             scale = 1.0 + scale.astype(jnp.float32)
             a = a * scale
             bias = bias * scale + shift.astype(jnp.float32)
-        bshape = (x.shape[0],) + (1,) * len(axes) + (c,)
-        return (xf * a.reshape(bshape) + bias.reshape(bshape)).astype(self.dtype)
+        out, start = [], 0
+        for p, w in zip(parts, widths, strict=True):
+            bshape = (p.shape[0],) + (1,) * len(axes) + (w,)
+            a_p = a[:, start : start + w].reshape(bshape)
+            b_p = bias[:, start : start + w].reshape(bshape)
+            out.append((p.astype(jnp.float32) * a_p + b_p).astype(self.dtype))
+            start += w
+        return tuple(out) if isinstance(x, (tuple, list)) else out[0]
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -249,67 +264,56 @@ def avg_pool2(x: jax.Array) -> jax.Array:
 
 
 class Conv3x3(nn.Module):
-    """A 3x3 convolution with symmetric padding 1, computed by XLA or as im2col + one matmul.
+    """A 3x3 convolution with symmetric padding 1 (XLA's native convolution).
 
-    XLA's CPU convolution has slow kernel-gradient paths for some shapes (e.g. 64 channels at
-    32x32 trains ~2.5x slower than the im2col form), while on accelerators the native convolution
-    is best. ``impl="auto"`` picks im2col on the CPU backend and the native conv elsewhere; both
-    share the parameters of ``nn.Conv`` (``kernel`` [3, 3, Cin, Cout], ``bias`` [Cout]), so
-    checkpoints move freely between them.
+    The parameters are ``nn.Conv``'s (``kernel`` [3, 3, Cin, Cout], ``bias`` [Cout]). On a CPU,
+    XLA's convolution trains 1.3-4.9x faster than the same convolution written as im2col and one
+    matmul at the package's stride-1 shapes of 8x8 and up; im2col kept a lead of 1-3 ms at 4x4
+    and at some stride-2 shapes (docs/benchmarks.md, "CPU training speed").
 
     Attributes:
       features: output channels.
       strides: 1 or 2 (same along both spatial axes).
       zero: zero-initialise the kernel (last layer of a residual branch / of the network).
-      impl: "auto", "xla" or "im2col".
       dtype: compute dtype (params stay float32).
     """
 
     features: int
     strides: int = 1
     zero: bool = False
-    impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x) -> jax.Array:
         """Applies the convolution.
 
         Args:
-          x: ``[B, H, W, Cin]``.
+          x: ``[B, H, W, Cin]``, or a tuple of parts ``[B, H, W, Cin_i]`` that stand for their
+            concatenation along the channels: the convolution of the concatenation is the sum
+            of each part's convolution with its slice of the kernel, so the concatenation is
+            never written (the same parameters either way).
 
         Returns:
           ``[B, ceil(H / s), ceil(W / s), features]`` in ``dtype``.
         """
-        b, h, w, c = x.shape
+        parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        c = sum(p.shape[-1] for p in parts)
         kernel = self.param(
             "kernel", zeros_init if self.zero else default_init, (3, 3, c, self.features)
         )
         bias = self.param("bias", zeros_init, (self.features,))
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        impl = self.impl
-        if impl == "auto":
-            impl = "im2col" if jax.default_backend() == "cpu" else "xla"
-        s = self.strides
-        if impl == "xla":
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (s, s), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        kernel = kernel.astype(self.dtype)
+        s, y, start = self.strides, bias.astype(self.dtype), 0
+        for p in parts:
+            y = y + jax.lax.conv_general_dilated(
+                p.astype(self.dtype),
+                kernel[:, :, start : start + p.shape[-1]],
+                (s, s),
+                ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
-        elif impl == "im2col":
-            ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-            xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            patches = jnp.concatenate(
-                [
-                    xp[:, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s]
-                    for i in range(3)
-                    for j in range(3)
-                ],
-                axis=-1,
-            )
-            y = jnp.dot(patches, kernel.reshape(9 * c, self.features))
-        else:
-            raise ValueError(f"unknown conv impl {impl!r}; use 'auto', 'xla' or 'im2col'")
-        return y + bias.astype(self.dtype)
+            start += p.shape[-1]
+        return y
 
 
 def conv3x3(
@@ -317,7 +321,6 @@ def conv3x3(
     dtype: Dtype,
     strides: int = 1,
     zero: bool = False,
-    impl: str = "auto",
     name: str | None = None,
 ) -> Conv3x3:
     """Shorthand for ``Conv3x3`` (see there).
@@ -327,13 +330,12 @@ def conv3x3(
       dtype: compute dtype (params stay float32).
       strides: 1, or 2 for a downsampling conv.
       zero: zero-initialise the kernel.
-      impl: "auto", "xla" or "im2col".
       name: optional module name.
 
     Returns:
       A module mapping ``[B, H, W, C] -> [B, H/s, W/s, features]``.
     """
-    return Conv3x3(features, strides, zero, impl, dtype, name=name)
+    return Conv3x3(features, strides, zero, dtype, name=name)
 
 
 def dense(features: int, dtype: Dtype, zero: bool = False, name: str | None = None) -> nn.Dense:
@@ -351,6 +353,31 @@ def dense(features: int, dtype: Dtype, zero: bool = False, name: str | None = No
     return nn.Dense(
         features, dtype=dtype, kernel_init=zeros_init if zero else default_init, name=name
     )
+
+
+class PartsDense(nn.Module):
+    """``dense`` on a tuple of parts that stand for their concatenation along the last axis:
+    the sum of each part times its rows of the kernel. Parameters are named and shaped like
+    ``nn.Dense``'s (``kernel`` [sum C_i, features], ``bias`` [features]), DDPM-initialised.
+
+    Attributes:
+      features: output width.
+      dtype: compute dtype (params stay float32).
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, parts) -> jax.Array:
+        c = sum(p.shape[-1] for p in parts)
+        kernel = self.param("kernel", default_init, (c, self.features)).astype(self.dtype)
+        bias = self.param("bias", zeros_init, (self.features,)).astype(self.dtype)
+        y, start = bias, 0
+        for p in parts:
+            y = y + jnp.dot(p.astype(self.dtype), kernel[start : start + p.shape[-1]])
+            start += p.shape[-1]
+        return y
 
 
 def _conv_same(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:

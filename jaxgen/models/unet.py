@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jaxgen.models.layers import (
     Dtype,
     GroupNorm,
+    PartsDense,
     attention,
     avg_pool2,
     conv3x3,
@@ -56,7 +57,6 @@ class ResBlock(nn.Module):
     film: bool = False
     norm_groups: int = 32
     resample: str | None = None
-    conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -64,7 +64,8 @@ class ResBlock(nn.Module):
         """Applies the block.
 
         Args:
-          x: ``[B, H, W, Cin]``.
+          x: ``[B, H, W, Cin]``, or a tuple of parts ``[B, H, W, Cin_i]`` read as their
+            concatenation along the channels (the up path's input and skip) without writing it.
           emb: ``[B, E]`` conditioning embedding (already SiLU-activated by the caller), or
             None for an unconditional block.
           train: enables dropout.
@@ -72,12 +73,15 @@ class ResBlock(nn.Module):
         Returns:
           ``[B, H', W', out_ch]`` with ``H' = 2H``, ``H/2`` or ``H`` depending on ``resample``.
         """
-        h = nn.silu(GroupNorm(self.norm_groups, dtype=self.dtype, name="norm1")(x))
-        if self.resample == "up":
-            h, x = upsample_nearest(h), upsample_nearest(x)
-        elif self.resample == "down":
-            h, x = avg_pool2(h), avg_pool2(x)
-        h = conv3x3(self.out_ch, self.dtype, impl=self.conv_impl, name="conv1")(h)
+        parts = isinstance(x, (tuple, list))
+        h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm1")(x)
+        h = tuple(map(nn.silu, h)) if parts else nn.silu(h)
+        if self.resample:
+            if parts:
+                raise ValueError("a resampling ResBlock takes one input, not parts")
+            resample = upsample_nearest if self.resample == "up" else avg_pool2
+            h, x = resample(h), resample(x)
+        h = conv3x3(self.out_ch, self.dtype, name="conv1")(h)
         if emb is None:  # unconditional (the autoencoders)
             h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h)
         elif self.film:
@@ -89,8 +93,12 @@ class ResBlock(nn.Module):
             h = h + e[:, None, None, :]
             h = GroupNorm(self.norm_groups, dtype=self.dtype, name="norm2")(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-        h = conv3x3(self.out_ch, self.dtype, zero=True, impl=self.conv_impl, name="conv2")(h)
-        if x.shape[-1] != self.out_ch:
+        h = conv3x3(self.out_ch, self.dtype, zero=True, name="conv2")(h)
+        if parts and sum(p.shape[-1] for p in x) == self.out_ch:
+            x = jnp.concatenate(x, axis=-1)  # the identity skip: nothing to save
+        elif parts:  # a dense layer on concat(a, b) is one on a plus one on b (as the convs)
+            x = PartsDense(self.out_ch, self.dtype, name="skip")(x)
+        elif x.shape[-1] != self.out_ch:
             x = dense(self.out_ch, self.dtype, name="skip")(x)
         return x + h
 
@@ -169,8 +177,6 @@ class UNet(nn.Module):
         encoder's parameters live under ``params["text_encoder"]``.
       resblock_updown: resample inside res blocks (ADM) instead of separate conv layers.
       film: ADM scale-shift norm (True) or DDPM additive embedding (False).
-      conv_impl: 3x3 conv implementation, "auto" (im2col on CPU, native elsewhere), "xla" or
-        "im2col"; see ``layers.Conv3x3``. Parameters are identical either way.
       patch_size: fold ``p x p`` pixel patches into channels before the first conv and unfold
         them after the last (space-to-depth, as in "simple diffusion", Hoogeboom et al. 2023):
         the UNet then runs at ``H / p``, cutting the cost of the high-resolution levels by
@@ -194,7 +200,6 @@ class UNet(nn.Module):
     text_encoder: TextEncoder | Mapping[str, Any] | None = None
     resblock_updown: bool = False
     film: bool = True
-    conv_impl: str = "auto"
     patch_size: int = 1
     cond_tokens: int = 4
 
@@ -226,10 +231,8 @@ class UNet(nn.Module):
             dropout=self.dropout,
             film=self.film,
             norm_groups=self.norm_groups,
-            conv_impl=self.conv_impl,
             dtype=self.dtype,
         )
-        conv_kw = dict(impl=self.conv_impl)
         attn_kw = dict(num_heads=self.num_heads, norm_groups=self.norm_groups, dtype=self.dtype)
         emb_dim = 4 * self.ch
 
@@ -276,7 +279,7 @@ class UNet(nn.Module):
         if x.shape[1] % p or x.shape[2] % p:
             raise ValueError(f"image size {x.shape[1:3]} is not divisible by patch_size={p}")
         h = space_to_depth(x.astype(self.dtype), p)
-        h = conv3x3(self.ch, self.dtype, **conv_kw, name="conv_in")(h)
+        h = conv3x3(self.ch, self.dtype, name="conv_in")(h)
         skips = [h]
         for level, mult in enumerate(self.ch_mults):
             for i in range(self.num_res_blocks):
@@ -289,9 +292,7 @@ class UNet(nn.Module):
                         h, emb, train
                     )
                 else:
-                    h = conv3x3(
-                        h.shape[-1], self.dtype, strides=2, **conv_kw, name=f"down_{level}_ds"
-                    )(h)
+                    h = conv3x3(h.shape[-1], self.dtype, strides=2, name=f"down_{level}_ds")(h)
                 skips.append(h)
 
         h = ResBlock(h.shape[-1], **res_kw, name="mid_res_0")(h, emb, train)
@@ -300,8 +301,10 @@ class UNet(nn.Module):
 
         for level, mult in reversed(list(enumerate(self.ch_mults))):
             for i in range(self.num_res_blocks + 1):
-                h = jnp.concatenate([h, skips.pop()], axis=-1)
-                h = ResBlock(self.ch * mult, **res_kw, name=f"up_{level}_res_{i}")(h, emb, train)
+                # The block reads (h, skip) as their concatenation without writing it.
+                h = ResBlock(self.ch * mult, **res_kw, name=f"up_{level}_res_{i}")(
+                    (h, skips.pop()), emb, train
+                )
                 h = attend(h, f"up_{level}_{i}")
             if level != 0:
                 if self.resblock_updown:
@@ -309,13 +312,11 @@ class UNet(nn.Module):
                         h, emb, train
                     )
                 else:
-                    h = conv3x3(h.shape[-1], self.dtype, **conv_kw, name=f"up_{level}_us")(
-                        upsample_nearest(h)
-                    )
+                    h = conv3x3(h.shape[-1], self.dtype, name=f"up_{level}_us")(upsample_nearest(h))
         assert not skips
 
         h = nn.silu(GroupNorm(self.norm_groups, dtype=self.dtype, name="norm_out")(h))
-        h = conv3x3(self.out_ch * p * p, self.dtype, zero=True, **conv_kw, name="conv_out")(h)
+        h = conv3x3(self.out_ch * p * p, self.dtype, zero=True, name="conv_out")(h)
         return depth_to_space(h, p)
 
 
