@@ -21,6 +21,13 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Join a multi-process run found by JAX (TPU pod slice, SLURM, MPI)."
 )
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "Training on a CPU: JAX devices to split it into, data-parallel (0: one per core, a "
+    "divisor of the batch; 1: one device). Ignored with XLA_FLAGS' device count or a "
+    "multi-process run; --mode=sample and --mode=eval use one device.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -98,9 +105,13 @@ def run(argv) -> None:
     _quiet_library_logs()
     from jaxgen.training import distributed
 
-    distributed.initialize(
+    joined = distributed.initialize(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=_DISTRIBUTED.value
     )
+    if not joined and _MODE.value == "train":
+        # Training splits its batches over the devices; sampling runs on one device, which on a
+        # CPU split into several gets fewer threads: --mode=sample and eval keep one device.
+        distributed.use_cpu_cores(_CPU_DEVICES.value, int(_CONFIG.value.train.batch_size))
     from jaxgen import api
     from jaxgen.pipelines import get_pipeline_class
     from jaxgen.training import loop

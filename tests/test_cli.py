@@ -2,12 +2,22 @@
 
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SMOKE_CONFIG, copy_workdir, experiment_config, read_jsonl, run_cli
+from helpers import (
+    SMOKE_CONFIG,
+    cli_env,
+    copy_workdir,
+    experiment_config,
+    read_jsonl,
+    run_cli,
+)
 from PIL import Image
 
 SMOKE_STEPS = experiment_config("ddpm", "smoke").train.steps
@@ -184,6 +194,45 @@ def test_train_resumes_from_the_newest_checkpoint(trained_workdir, tmp_path):
     assert more in steps
     assert json.loads((workdir / "eval.json").read_text())["step"] == more
     assert (workdir / "samples" / f"step_{more:07d}.png").is_file()
+
+
+def test_train_resumes_on_another_cpu_device_count(trained_workdir, tmp_path):
+    """The shared run trained on one CPU device per core (the default); it resumes on one."""
+    workdir = copy_workdir(trained_workdir, tmp_path / "run")
+    more = SMOKE_STEPS + 2
+    proc = run_cli(
+        SMOKE_CONFIG, f"--workdir={workdir}", f"--config.train.steps={more}", "--cpu_devices=1"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Resumed from step {SMOKE_STEPS}" in proc.stderr, proc.stderr[-3000:]
+    assert "JAX devices: [CpuDevice(id=0)] " in proc.stderr, proc.stderr[-3000:]
+    assert json.loads((workdir / "eval.json").read_text())["step"] == more
+
+
+@pytest.mark.parametrize(
+    "cores, requested, batch, xla_flags, expected",
+    [
+        (2, 0, 32, "", 2),  # one device per core
+        (2, 0, 9, "", 1),  # the largest count that divides the batch
+        (1, 0, 32, "", 1),
+        (2, 1, 32, "", 1),  # asked for one
+        (2, 0, 32, "--xla_force_host_platform_device_count=3", 3),  # the user's count stands
+    ],
+)
+def test_cpu_devices_rule(cores, requested, batch, xla_flags, expected):
+    if len(os.sched_getaffinity(0)) < cores:
+        pytest.skip(f"needs {cores} cores")
+    code = (
+        f"import os; os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:{cores}]); "
+        "from jaxgen.training import distributed; import jax; "
+        f"distributed.use_cpu_cores({requested}, {batch}); print(jax.device_count())"
+    )
+    env = {**cli_env(), "XLA_FLAGS": xla_flags}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == expected, proc.stdout
 
 
 @pytest.mark.parametrize(
