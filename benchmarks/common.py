@@ -143,7 +143,8 @@ class Trainer:
         t0 = time.perf_counter()
         self.step_fn = jitted.lower(self.state, self.fixed_batch, self.rng).compile()
         self.compile_s = time.perf_counter() - t0
-        self.flops = flops_of(self.step_fn)
+        # XLA's cost analysis counts one device's share of a step split over the mesh.
+        self.flops = flops_of(self.step_fn) * mesh.devices.size
         self.step = 0
         self.times = {"data": [], "fixed": []}
 

@@ -45,6 +45,7 @@ from common import MATMUL_N, Matmul, Trainer, flops_of, log, median, pause, time
 from ml_collections import config_flags  # noqa: E402
 
 from jaxgen import data as data_lib  # noqa: E402
+from jaxgen.training import distributed  # noqa: E402
 from jaxgen.training import mesh as mesh_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -66,6 +67,11 @@ _SAMPLE_BATCH = flags.DEFINE_integer(
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed sampler runs (median).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for the peer.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    0,
+    "On a CPU, devices for our step as the CLI makes them (0: one per core; 1: one device).",
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -192,6 +198,8 @@ def main(argv):
     config = _CONFIG.value
     if config.pipeline != "ddpm":
         raise app.UsageError(f"this benchmark is for the ddpm pipeline, not {config.pipeline!r}")
+    # Our step runs data-parallel over the CPU's cores as `python -m jaxgen.main` runs it.
+    distributed.use_cpu_cores(_CPU_DEVICES.value, int(config.train.batch_size))
     info = machine()
     steps, rounds = max(_STEPS.value, 1), max(min(_ROUNDS.value, _STEPS.value), 1)
     per_round = [steps // rounds + (i < steps % rounds) for i in range(rounds)]

@@ -8,8 +8,8 @@ iterator, compiles the loop's jitted train step (state donated), and times ``--s
 real batches after a warmup step. The step's FLOPs (XLA cost analysis) over its median time are
 compared with a jitted 2048x2048 float32 matmul measured in the same run. ``--set key=value``
 changes that value in every config before the measurement (an unknown key is an error). Pretrained
-weights a config would load (``warm_start``, e.g. a CLIP text tower) are not loaded: they do not
-change the cost of a step.
+weights a config would load (``warm_start``, e.g. a CLIP text tower, or a run it names such as
+DALL-E's tokenizer) are freshly initialised instead: they do not change the cost of a step.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import MATMUL_N, Matmul, parse_overrides, train_throughput  # noqa: E402
+from common import MATMUL_N, Matmul, fresh_run, parse_overrides, train_throughput  # noqa: E402
 
 from jaxgen.config import apply_overrides, load_experiment  # noqa: E402
 
@@ -43,7 +43,8 @@ def measure(spec: str, steps: int, overrides: list[str]) -> dict:
     except ValueError as e:  # an unknown key
         raise SystemExit(f"error: {e}") from None
     label = " ".join([spec, *overrides])
-    return train_throughput(config, label, steps)
+    # Built with the runs it refers to ("pretrain:clip", a tokenizer) freshly initialised.
+    return train_throughput(config, label, steps, pipeline=fresh_run(config).pipeline)
 
 
 def main(argv):

@@ -47,6 +47,33 @@ def test_train_speed_reports_every_config(tmp_path):
     assert_one_error_line(proc, "Valid keys: ")
 
 
+def test_profile_step_sorts_the_step_s_op_time_by_kind(tmp_path):
+    out = tmp_path / "profile.json"
+    proc = run_benchmark(
+        "profile_step.py",
+        "--config=experiments/ddpm.py:smoke",
+        "--steps=1",
+        "--set=train.batch_size=4",
+        f"--json_out={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    kinds = r["kinds_ms"]
+    # A UNet step runs convolutions and normalisation statistics; every kind is a share of the
+    # op time, and the op time is what the kinds add up to.
+    assert kinds["conv/dot"] > 0 and kinds["reduce"] > 0, kinds
+    assert abs(sum(kinds.values()) - r["op_ms"]) < 1e-6 * r["op_ms"]
+    assert 0 <= r["idle_share"] < 1 and r["num_ops"] > 10, r
+    # The same op time by layer: forward and backward passes of the UNet's named modules.
+    layers = r["layers_ms"]
+    assert abs(sum(layers.values()) - r["op_ms"]) < 1e-6 * r["op_ms"]
+    assert layers.get("forward: conv", 0) > 0 and layers.get("backward: norm", 0) > 0, layers
+    rows = {row[0]: row for row in table_rows(proc.stdout)}
+    assert set(rows) >= {"kind", "conv/dot", "elementwise", "layer", "largest ops"}, proc.stdout
+    proc = run_benchmark("profile_step.py", "--config=experiments/ddpm.py:smoke", "--set=x.y=1")
+    assert_one_error_line(proc, "Valid keys: ")
+
+
 def test_tokenizer_speed_reports_training_and_codec_speed(tmp_path):
     out = tmp_path / "tok.json"
     proc = run_benchmark(
