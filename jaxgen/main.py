@@ -110,7 +110,7 @@ def run(argv) -> None:
     )
     if not joined and _MODE.value == "train":
         # Training splits its batches over the devices; sampling runs on one device, which on a
-        # CPU split into several gets fewer threads: --mode=sample and eval keep one device.
+        # CPU split into several runs slower: --mode=sample and eval keep one device.
         distributed.use_cpu_cores(_CPU_DEVICES.value, int(_CONFIG.value.train.batch_size))
     from jaxgen import api
     from jaxgen.pipelines import get_pipeline_class

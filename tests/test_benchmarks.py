@@ -74,6 +74,25 @@ def test_profile_step_sorts_the_step_s_op_time_by_kind(tmp_path):
     assert_one_error_line(proc, "Valid keys: ")
 
 
+def test_conv_forms_times_both_forms_that_agree(tmp_path):
+    out = tmp_path / "conv.json"
+    proc = run_benchmark(
+        "conv_forms.py", "--reps=1", "--shapes", "2,8,5,7,1", "2,8,4,6,2", f"--json_out={out}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["shape"] for r in rows] == [[2, 8, 5, 7, 1], [2, 8, 4, 6, 2]]
+    for r in rows:
+        assert all(r[f"{f}_{p}_ms"] > 0 for f in ("xla", "im2col") for p in ("forward", "train"))
+    # The forms compute the same convolution, and the shifted-matmul kernel gradient is XLA's
+    # (stride 1 only).
+    assert all(r["im2col_error"] < 1e-5 for r in rows), rows
+    assert rows[0]["kernel_grad_error"] < 1e-5 and "kernel_grad_xla_ms" not in rows[1]
+    assert len(table_rows(proc.stdout)) == 3, proc.stdout
+    proc = run_benchmark("conv_forms.py", "--shapes", "2,8,5")
+    assert_one_error_line(proc, "--shapes takes")
+
+
 def test_tokenizer_speed_reports_training_and_codec_speed(tmp_path):
     out = tmp_path / "tok.json"
     proc = run_benchmark(

@@ -177,6 +177,8 @@ def test_parts_equal_their_concatenation(split, dtype):
         for a, b in zip(jax.tree.leaves(g_parts), jax.tree.leaves(g_cat), strict=True):
             a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
             np.testing.assert_allclose(a, b, atol=tol * np.abs(b).max(), err_msg=name)
+    with pytest.raises(ValueError, match="one input, not parts"):
+        ResBlock(8, norm_groups=4, resample="up").init(jax.random.key(1), parts, emb)
 
 
 def test_num_groups_for():

@@ -267,9 +267,9 @@ class Conv3x3(nn.Module):
     """A 3x3 convolution with symmetric padding 1 (XLA's native convolution).
 
     The parameters are ``nn.Conv``'s (``kernel`` [3, 3, Cin, Cout], ``bias`` [Cout]). On a CPU,
-    XLA's convolution trains 1.3-4.9x faster than the same convolution written as im2col and one
-    matmul at the package's stride-1 shapes of 8x8 and up; im2col kept a lead of 1-3 ms at 4x4
-    and at some stride-2 shapes (docs/benchmarks.md, "CPU training speed").
+    XLA's convolution trains 1.1-5.0x faster than the same convolution written as im2col and one
+    matmul at the package's stride-1 shapes of 8x8 and up; im2col keeps a lead of under 1.4 ms at
+    4x4 and at some stride-2 shapes (``benchmarks/conv_forms.py``; docs/benchmarks.md).
 
     Attributes:
       features: output channels.

@@ -76,7 +76,7 @@ def use_cpu_cores(requested: int, batch_size: int) -> int:
 
     XLA's CPU runtime leaves the cores of a 2-core machine idle about 40% of a training step when
     one device runs it; one device per core fills them (the DDPM default step: +19% images/s; per
-    family in docs/benchmarks.md). Work that runs on one device (sampling) gets fewer threads
+    family in docs/benchmarks.md). Work that runs on one device (sampling) runs slower
     then (the DDPM's sampler: 1.33x slower), so the command line does this for training only.
     GPU and TPU runs are unaffected: their devices are the accelerators. Nothing changes when the
     device count is already set (``XLA_FLAGS`` with ``--xla_force_host_platform_device_count``,
