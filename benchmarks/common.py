@@ -148,6 +148,18 @@ class Trainer:
         self.step = 0
         self.times = {"data": [], "fixed": []}
 
+    @classmethod
+    def for_config(cls, config, pipeline=None) -> Trainer:
+        """On the config's mesh over every device, with real batches of its training data."""
+        from jaxgen import data as data_lib
+
+        mesh = mesh_lib.make_mesh(config)
+        source = data_lib.build_source(config.data, "train")
+        iterator = data_lib.make_batch_iterator(
+            source, batch_size=int(config.train.batch_size), seed=config.seed
+        )
+        return cls(config, mesh, source, iterator, pipeline)
+
     def next_batch(self):
         return mesh_lib.to_global(next(self.iterator), self.mesh)
 
@@ -180,12 +192,21 @@ def example_batch(config, n: int = 2) -> dict:
     return workdir_lib.example_batch(data_lib.build_source(config.data, "train"), n)
 
 
-def fresh_run(config):
-    """A freshly initialised run of ``config`` (``load_run``'s shape: ``config``, ``pipeline``,
-    ``state``), the runs it refers to as ``"pretrain:<name>"`` (a CLIP, a tokenizer) freshly
-    initialised too, at its image size. For timings, which do not depend on the weights."""
-    import types
+def load_config(spec: str, overrides) -> object:
+    """``path[:variant]`` with ``key=value`` overrides; a bad key or value exits with one error
+    line (naming the valid keys)."""
+    from jaxgen.config import apply_overrides, load_experiment
 
+    try:
+        return apply_overrides(load_experiment(spec), parse_overrides(overrides))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def fresh_pipeline(config):
+    """``config``'s pipeline, the runs it refers to as ``"pretrain:<name>"`` (a CLIP, a
+    tokenizer) freshly initialised at its image size. For timings, which do not depend on the
+    weights."""
     from jaxgen.config import load_experiment
     from jaxgen.pipelines import build_pipeline
     from jaxgen.training import pretrain
@@ -195,7 +216,15 @@ def fresh_run(config):
         sub.data.image_size = config.data.image_size
         return fresh_run(sub)
 
-    pipe = build_pipeline(config, load_run=load_run)
+    return build_pipeline(config, load_run=load_run)
+
+
+def fresh_run(config):
+    """A freshly initialised run of ``config`` (``load_run``'s shape: ``config``, ``pipeline``,
+    ``state``) on ``fresh_pipeline``."""
+    import types
+
+    pipe = fresh_pipeline(config)
     state = pipe.warm_start(pipe.init(jax.random.key(0), example_batch(config)))
     return types.SimpleNamespace(config=config, pipeline=pipe, state=state)
 
@@ -203,14 +232,7 @@ def fresh_run(config):
 def train_throughput(config, label: str, steps: int, pipeline=None) -> dict:
     """Images/s of the loop's train step on ``config`` with real batches, after one warmup step
     (``pipeline``: one built already, e.g. on a tokenizer that is not in a workdir)."""
-    from jaxgen import data as data_lib
-
-    mesh = mesh_lib.make_mesh(config)
-    source = data_lib.build_source(config.data, "train")
-    iterator = data_lib.make_batch_iterator(
-        source, batch_size=int(config.train.batch_size), seed=config.seed
-    )
-    trainer = Trainer(config, mesh, source, iterator, pipeline)
+    trainer = Trainer.for_config(config, pipeline)
     trainer.warmup(1)
     trainer.run(steps, with_data=True)
     img_s = trainer.img_s("data")

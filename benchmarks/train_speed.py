@@ -23,9 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import MATMUL_N, Matmul, fresh_run, parse_overrides, train_throughput  # noqa: E402
-
-from jaxgen.config import apply_overrides, load_experiment  # noqa: E402
+from common import MATMUL_N, Matmul, fresh_pipeline, load_config, train_throughput  # noqa: E402
 
 _CONFIGS = flags.DEFINE_multi_string(
     "config",
@@ -38,13 +36,10 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results as JSO
 
 
 def measure(spec: str, steps: int, overrides: list[str]) -> dict:
-    try:
-        config = apply_overrides(load_experiment(spec), parse_overrides(overrides))
-    except ValueError as e:  # an unknown key
-        raise SystemExit(f"error: {e}") from None
+    config = load_config(spec, overrides)
     label = " ".join([spec, *overrides])
     # Built with the runs it refers to ("pretrain:clip", a tokenizer) freshly initialised.
-    return train_throughput(config, label, steps, pipeline=fresh_run(config).pipeline)
+    return train_throughput(config, label, steps, pipeline=fresh_pipeline(config))
 
 
 def main(argv):

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from helpers import run_benchmark, table_rows
@@ -59,19 +60,69 @@ def test_profile_step_sorts_the_step_s_op_time_by_kind(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     kinds = r["kinds_ms"]
-    # A UNet step runs convolutions and normalisation statistics; every kind is a share of the
-    # op time, and the op time is what the kinds add up to.
+    # A UNet step runs convolutions and normalisation statistics; every op of the trace (summed
+    # on their own) lands in one of the printed kinds.
     assert kinds["conv/dot"] > 0 and kinds["reduce"] > 0, kinds
     assert abs(sum(kinds.values()) - r["op_ms"]) < 1e-6 * r["op_ms"]
     assert 0 <= r["idle_share"] < 1 and r["num_ops"] > 10, r
-    # The same op time by layer: forward and backward passes of the UNet's named modules.
+    # By layer: forward and backward passes of the UNet's named modules hold much of it.
     layers = r["layers_ms"]
-    assert abs(sum(layers.values()) - r["op_ms"]) < 1e-6 * r["op_ms"]
+    named = sum(v for k, v in layers.items() if k.startswith(("forward: ", "backward: ")))
+    assert named > 0.3 * r["op_ms"], layers
     assert layers.get("forward: conv", 0) > 0 and layers.get("backward: norm", 0) > 0, layers
     rows = {row[0]: row for row in table_rows(proc.stdout)}
     assert set(rows) >= {"kind", "conv/dot", "elementwise", "layer", "largest ops"}, proc.stdout
     proc = run_benchmark("profile_step.py", "--config=experiments/ddpm.py:smoke", "--set=x.y=1")
     assert_one_error_line(proc, "Valid keys: ")
+
+
+def test_profile_step_kinds_and_layers_of_hand_written_hlo(monkeypatch):
+    import importlib.util
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # the script imports its sibling common.py
+    spec = importlib.util.spec_from_file_location("profile_step", benchmarks / "profile_step.py")
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    hlo = """HloModule jit_step, entry_computation_layout={()}
+
+%fused_cat (p0: f32[2,4], p1: f32[2,4]) -> f32[2,8] {
+  %p0 = f32[2,4]{1,0} parameter(0)
+  %p1 = f32[2,4]{1,0} parameter(1)
+  ROOT %c = f32[2,8]{1,0} concatenate(%p0, %p1), dimensions={1}
+}
+
+%fused_conv (p0: f32[1,4,4,2], p1: f32[3,3,2,2]) -> f32[1,4,4,2] {
+  %p0 = f32[1,4,4,2]{3,2,1,0} parameter(0)
+  %p1 = f32[3,3,2,2]{3,2,1,0} parameter(1)
+  %v = f32[1,4,4,2]{3,2,1,0} convolution(%p0, %p1), window={size=3x3 pad=1_1x1_1}
+  ROOT %t = f32[1,4,4,2]{3,2,1,0} tanh(%v)
+}
+
+ENTRY %main (a: f32[2,4]) -> f32[2,8] {
+  %a = f32[2,4]{1,0} parameter(0)
+  %cat_fusion = f32[2,8]{1,0} fusion(%a, %a), kind=kLoop, calls=%fused_cat
+  %conv_fusion = f32[1,4,4,2]{3,2,1,0} fusion(%x, %k), kind=kOutput, calls=%fused_conv, \
+metadata={op_name="jit(step)/transpose(jvp(UNet))/up_1_res_0/conv1/conv_general_dilated"}
+  %all-reduce.1 = f32[2,8]{1,0} all-reduce(%cat_fusion), to_apply=%add
+  ROOT %add_fusion = f32[2,8]{1,0} add(%cat_fusion, %cat_fusion), metadata={op_name="jit(step)/add"}
+}
+"""
+    computations, instructions, sources = ps.parse_hlo(hlo)
+    kinds = {
+        name: ps.kind_of(ps.opcodes_of(name, computations, instructions), name)
+        for name in ("cat_fusion", "conv_fusion", "all-reduce.1", "add_fusion")
+    }
+    assert kinds == {
+        "cat_fusion": "concatenate",
+        "conv_fusion": "conv/dot",
+        "all-reduce.1": "collective",
+        "add_fusion": "elementwise",
+    }, kinds
+    assert ps.layer_of(sources["conv_fusion"]) == "backward: conv"
+    assert ps.layer_of(sources["add_fusion"]) == "(outside modules: loss, optimizer)"
+    assert ps.layer_of("") == "(no source: a library fusion)"
+    assert ps.layer_of("jit(step)/jvp(UNet)/down_1_0_xattn/div") == "forward: xattn"
 
 
 def test_conv_forms_times_both_forms_that_agree(tmp_path):

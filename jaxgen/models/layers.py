@@ -52,6 +52,12 @@ def num_groups_for(channels: int, max_groups: int) -> int:
     return g
 
 
+def as_parts(x) -> tuple[jax.Array, ...]:
+    """An activation or a tuple (list) of parts that stand for their concatenation along the
+    last axis, as a tuple of parts (``GroupNorm``, ``Conv3x3``, ``PartsDense`` read them)."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
 class GroupNorm(nn.Module):
     """Group normalisation over the spatial and in-group channel axes, with optional FiLM.
 
@@ -85,7 +91,7 @@ class GroupNorm(nn.Module):
         Returns:
           ``[B, ..., C]`` in ``self.dtype`` (a tuple of the parts' for a tuple ``x``).
         """
-        parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        parts = as_parts(x)
         widths = [p.shape[-1] for p in parts]
         c = sum(widths)
         g = num_groups_for(c, self.num_groups)
@@ -296,7 +302,7 @@ class Conv3x3(nn.Module):
         Returns:
           ``[B, ceil(H / s), ceil(W / s), features]`` in ``dtype``.
         """
-        parts = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        parts = as_parts(x)
         c = sum(p.shape[-1] for p in parts)
         kernel = self.param(
             "kernel", zeros_init if self.zero else default_init, (3, 3, c, self.features)
