@@ -75,3 +75,38 @@ def test_judge_near_chance_on_noise(test_split):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (len(src), 32, 32, 3), dtype=np.uint8)
     assert DigitsJudge().accuracy(noise, src.labels) < 0.25
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("a handwritten seven", 7),
+        ("the digit 3", 3),
+        ("The Number ZERO", 0),
+        ("a 5 or a 6", None),
+        ("a handwritten cat", None),
+        (None, None),
+    ],
+)
+def test_parse_caption(text, label):
+    assert digits.parse_caption(text) == label
+
+
+def test_parse_caption_reads_every_template():
+    for d in range(10):
+        for t in range(len(digits.CAPTION_TEMPLATES)):
+            assert digits.parse_caption(digits.caption_for(d, t)) == d
+
+
+def test_judge_reads_real_digits_against_typed_prompts():
+    import ml_collections
+
+    from jaxgen.evaluation import judges
+
+    reader = judges.build_judge(ml_collections.ConfigDict(dict(name="digits", image_size=16)))
+    src = DigitsSource("test", image_size=16)
+    sevens = np.stack([src[int(i)]["image"] for i in np.flatnonzero(src.labels == 7)[:10]])
+    right = [r["digit"] for r in reader.read(sevens, "a handwritten seven")]
+    wrong = [r["digit"] for r in reader.read(sevens, "the digit 1")]
+    assert sum(right) >= 8 and sum(wrong) <= 2
+    assert reader.read(sevens, "a handwritten cat") is None

@@ -205,3 +205,58 @@ def test_render_scene_clips_boxes():
     obj = {"colour": "red", "shape": "square", "box": (-4, -4, 6, 6)}
     image = shapes.render_scene([obj], 16)
     assert _pixels_of(image, "red")[0].size == 36
+
+
+@pytest.mark.parametrize("split", list(shapes.SPLITS))
+def test_parse_caption_reads_back_every_generated_caption(split):
+    for i in range(1_500):
+        truth = shapes.sample_truth(split, i)
+        parsed = shapes.parse_caption(truth["caption"])
+        assert parsed is not None, truth["caption"]
+        want = [{k: o[k] for k in ("colour", "shape", "size")} for o in truth["objects"]]
+        assert (parsed["objects"], parsed["relation"]) == (want, truth["relation"]), truth
+
+
+@pytest.mark.parametrize(
+    "text, objects, relation",
+    [
+        ("A BIG Red Circle.", [("red", "circle", "large")], None),
+        ("a red circle", [("red", "circle", None)], None),
+        (
+            "a little cyan square with a large blue triangle on its right",
+            [("blue", "triangle", "large"), ("cyan", "square", "small")],
+            "right of",
+        ),
+        (
+            "a green diamond to the left of a yellow circle",
+            [("green", "diamond", None), ("yellow", "circle", None)],
+            "left of",
+        ),
+        (
+            "a red circle beneath a big blue square",
+            [("red", "circle", None), ("blue", "square", "large")],
+            "below",
+        ),
+    ],
+)
+def test_parse_caption_of_user_prompts(text, objects, relation):
+    parsed = shapes.parse_caption(text)
+    assert [(o["colour"], o["shape"], o["size"]) for o in parsed["objects"]] == objects
+    assert parsed["relation"] == relation and parsed["caption"] == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a cat on a mat",  # no object
+        "a red circle left of a red square",  # one colour twice
+        "a red circle and a blue square",  # no relation
+        "a red circle above a blue square and to the left of it",  # two relations
+        "a red circle left of a blue square left of a green diamond",  # three objects
+        "",
+        None,
+        42,
+    ],
+)
+def test_parse_caption_outside_the_grammar_is_none(text):
+    assert shapes.parse_caption(text) is None

@@ -218,3 +218,31 @@ def test_features():
     other, _ = _real("train", 64)
     g = judge.features(other)
     assert np.linalg.norm(f.mean(0) - g.mean(0)) < np.linalg.norm(f.mean(0) - black.mean(0))
+
+
+def test_read_judges_each_image_against_a_typed_prompt():
+    import ml_collections
+
+    from jaxgen.evaluation import judges
+
+    reader = judges.build_judge(ml_collections.ConfigDict(dict(name="shapes", image_size=32)))
+    images, truths = _real("test", 40)
+    two = next(i for i, t in enumerate(truths) if t["relation"] is not None)
+    one = next(i for i, t in enumerate(truths) if t["relation"] is None)
+    for i in (one, two):
+        (reading,) = reader.read(images[i : i + 1], truths[i]["caption"])
+        assert all(reading.values()) and set(reading) >= {"colour", "shape", "size", "count"}
+        assert ("relation" in reading) == (i == two)
+    # The one-object image read against prompts that change one thing each.
+    obj = truths[one]["objects"][0]
+    other_shape = next(s for s in shapes.SHAPES if s != obj["shape"])
+    other_colour = next(c for c in shapes.COLOUR_NAMES if c != obj["colour"])
+    (reading,) = reader.read(images[one : one + 1], f"a {obj['colour']} {other_shape}")
+    assert reading == {"colour": True, "shape": False, "count": True}  # no size asked
+    (reading,) = reader.read(images[one : one + 1], f"a {other_colour} {obj['shape']}")
+    assert reading["colour"] is False and reading["count"] is True
+    pair = f"a {obj['colour']} {obj['shape']} left of a {other_colour} {other_shape}"
+    (reading,) = reader.read(images[one : one + 1], pair)
+    assert reading["count"] is False and reading["relation"] is False
+    assert reader.read(images[:3], "a photograph of a cat") is None
+    assert len(reader.read(images[:3], truths[0]["caption"])) == 3

@@ -11,6 +11,7 @@ seed a run uses. Settings are tuned on "val"; "test" reports.
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 from PIL import Image
@@ -178,3 +179,18 @@ def make_prompts(split: str = "test", n: int = 100, seed: int = 0) -> tuple[list
     template_ids = rng.integers(len(CAPTION_TEMPLATES), size=n)
     captions = [caption_for(int(y), int(t)) for y, t in zip(labels, template_ids, strict=True)]
     return captions, labels
+
+
+_DIGIT_PATTERN = re.compile(r"\b(?:{}|[0-9])\b".format("|".join(DIGIT_WORDS)))
+
+
+def parse_caption(text: str) -> int | None:
+    """The digit a caption asks for ("a handwritten seven", "the digit 7"), or None when it
+    names none or two different ones."""
+    if not isinstance(text, str):
+        return None
+    found = {
+        int(w) if w.isdigit() else DIGIT_WORDS.index(w)
+        for w in _DIGIT_PATTERN.findall(text.lower())
+    }
+    return found.pop() if len(found) == 1 else None

@@ -31,6 +31,7 @@ import functools
 import hashlib
 import math
 import operator
+import re
 import struct
 from collections.abc import Iterable, Sequence
 
@@ -539,3 +540,69 @@ def attribute_variants(truth: dict) -> dict[str, list[str]]:
             describe(objects, r) for r in RELATIONS if r != relation
         ]
     return out
+
+
+_PHRASE = re.compile(
+    r"\b(?:(?P<size>{sizes})\s+)?(?P<colour>{colours})\s+(?P<shape>{shapes})\b".format(
+        sizes="|".join(w for words in _SIZE_WORDS.values() for w in words),
+        colours="|".join(COLOUR_NAMES),
+        shapes="|".join(SHAPES),
+    )
+)
+_SIZE_OF_WORD = {w: size for size, words in _SIZE_WORDS.items() for w in words}
+
+
+def _find_relation(text: str, phrases: dict[str, tuple[str, ...]]) -> str | None:
+    """The one relation whose phrasing occurs in ``text`` (the longest phrasing wins, so "to
+    the left of" is not also read as "left of"); None when none or two different ones do."""
+    found = {
+        rel
+        for rel, words in phrases.items()
+        for w in sorted(words, key=len, reverse=True)
+        if re.search(rf"\b{w}\b", text)
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+def parse_caption(text: str) -> dict | None:
+    """The ground truth a caption in the dataset's grammar pins down, or None.
+
+    Reads the phrasings the dataset writes (``_SINGLE_TEMPLATES``, ``_PAIR_TEMPLATES``, any
+    case, surrounding words ignored) and, for a user's prompt, object phrases without a size
+    word ("a red circle": ``"size": None``). None when the text names no object, more than
+    two, two of one colour (the dataset never draws that, and the judge matches objects by
+    colour), or two objects without exactly one relation between them.
+
+    Returns:
+      ``{"caption", "objects": [{"colour", "shape", "size"}], "relation"}`` as in
+      ``sample_truth`` without boxes: objects[0] <relation> objects[1].
+    """
+    if not isinstance(text, str):
+        return None
+    lowered = " ".join(text.lower().split())
+    matches = list(_PHRASE.finditer(lowered))
+    objects = [
+        {
+            "colour": m["colour"],
+            "shape": m["shape"],
+            "size": _SIZE_OF_WORD[m["size"]] if m["size"] else None,
+        }
+        for m in matches
+    ]
+    if len(objects) == 1:
+        return {"caption": text, "objects": objects, "relation": None}
+    if len(objects) != 2 or objects[0]["colour"] == objects[1]["colour"]:
+        return None
+    between = lowered[matches[0].end() : matches[1].start()]
+    after = lowered[matches[1].end() :]
+    if re.search(r"\bwith\b", between):
+        # "a {b} with a {a} to its left": the subject is the second phrase.
+        relation = _find_relation(after, _REL_ITS_WORDS)
+        objects = objects[::-1]
+    else:
+        relation = _find_relation(between, _REL_WORDS)
+        if any(_find_relation(after, words) for words in (_REL_WORDS, _REL_ITS_WORDS)):
+            return None  # a second relation ("... and to the left of it"): not one scene
+    if relation is None:
+        return None
+    return {"caption": text, "objects": objects, "relation": relation}

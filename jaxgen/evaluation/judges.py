@@ -71,6 +71,13 @@ class Judge:
         del images
         return None
 
+    def read(self, images: np.ndarray, prompt: str) -> list[dict[str, bool]] | None:
+        """Per image, whether it shows what ``prompt`` asks for, attribute by attribute
+        (``{"colour": True, "shape": False, ...}``); None when the prompt is outside the
+        dataset's grammar, so that there is nothing to judge against."""
+        del images, prompt
+        return None
+
 
 class ShapesJudge(Judge):
     """Colour / shape / size / count / relation accuracy of generated shapes scenes."""
@@ -105,6 +112,26 @@ class ShapesJudge(Judge):
 
         return shapes.attribute_variants(truth)
 
+    def read(self, images, prompt):
+        from jaxgen.data import shapes
+        from jaxgen.evaluation import shapes_judge
+
+        truth = shapes.parse_caption(prompt)
+        if truth is None:
+            return None
+        sized = all(o["size"] is not None for o in truth["objects"])
+        readings = []
+        for detected in shapes_judge.detect_objects(np.asarray(images)):
+            found = shapes_judge.judge_one(detected, truth)
+            reading = {"colour": all(found["colour"]), "shape": all(found["shape"])}
+            if sized:  # a prompt without size words asks for no size
+                reading["size"] = all(found["size"])
+            reading["count"] = bool(found["count"])
+            if found["relation"] is not None:
+                reading["relation"] = bool(found["relation"])
+            readings.append(reading)
+        return readings
+
 
 class DigitsClassifierJudge(Judge):
     """Accuracy of a classifier trained on the real digits."""
@@ -137,6 +164,14 @@ class DigitsClassifierJudge(Judge):
         return {
             "digit": [caption_for(d, 0) for d in [label, *(d for d in range(10) if d != label)]]
         }
+
+    def read(self, images, prompt):
+        from jaxgen.data.digits import parse_caption
+
+        label = parse_caption(prompt)
+        if label is None:
+            return None
+        return [{"digit": bool(p == label)} for p in self.classifier.predict(np.asarray(images))]
 
 
 # Layouts of shapes (Text2Scene) are shapes scenes: the same captions, truths and judge.
