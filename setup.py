@@ -35,7 +35,12 @@ EXTRAS = {
         "ruff>=0.8",
         "import-linter>=2.1",
         "safetensors>=0.4",
+        # The demo's tests drive the page in a system Chromium (nothing downloads a browser).
+        "gradio>=5.0",
+        "playwright>=1.45",
     ],
+    # The local web demo (python -m jaxgen.demo).
+    "demo": ["gradio>=5.0"],
     # Side-by-side speed comparisons with PyTorch peers. torch==2.13.0 is a CPU build.
     "bench": ["torch==2.13.0", "diffusers>=0.30"],
     # Preparing TFDS datasets (download_and_prepare) needs TensorFlow; reading them does not.

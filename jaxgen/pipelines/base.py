@@ -36,6 +36,41 @@ class EvalPlan:
         return cls(tuple(eval_config.get("val_splits", ("val",))), num, False)
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleOption:
+    """A keyword of a pipeline's ``generate`` that a user may turn (the demo draws one control
+    per option). Its default is ``config.sample[config_key or name]``."""
+
+    name: str
+    kind: str  # "int", "float" or "choice"
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[str, ...] = ()
+    config_key: str = ""
+    help: str = ""
+
+    def default(self, config):
+        return config.sample.get(self.config_key or self.name)
+
+    def check(self, value):
+        """``value`` as this option's type; ValueError naming the option and its range."""
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{self.name} must be one of {self.choices}, got {value!r}.")
+            return value
+        cast = int if self.kind == "int" else float
+        try:
+            number = cast(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name} must be a number, got {value!r}.") from None
+        if not self.low <= number <= self.high or (self.kind == "int" and number != value):
+            raise ValueError(
+                f"{self.name} must be {'an integer' if self.kind == 'int' else 'a number'} "
+                f"in [{self.low:g}, {self.high:g}], got {value!r}."
+            )
+        return number
+
+
 def check_independent_scorer(config) -> None:
     """Raises ValueError when the evaluation CLIP (``eval.clip_workdir``) is the CLIP that
     re-ranks the samples (``sample.rerank_clip`` with ``sample.rerank`` above 1): the scorer
@@ -63,6 +98,8 @@ class Pipeline(abc.ABC):
     needs_data: bool = True
     #: Whether ``generate``'s prompts are captions (style transfer's are images to stylise).
     prompts_are_text: bool = True
+    #: The sampler's knobs a user may turn, beyond the seed and the number of images.
+    sample_options: tuple[SampleOption, ...] = ()
 
     def __init__(self, config, load_run: Callable[[str], Any] | None = None):
         self.config = config

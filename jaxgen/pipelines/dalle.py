@@ -35,7 +35,7 @@ from jaxgen.data.tokenizer import PAD
 from jaxgen.models import token_sampling
 from jaxgen.models.transformer import TokenTransformer
 from jaxgen.pipelines import state as state_lib
-from jaxgen.pipelines.base import Pipeline
+from jaxgen.pipelines.base import Pipeline, SampleOption
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -80,6 +80,14 @@ def random_mask(rng: jax.Array, batch: int, n: int) -> jax.Array:
 class DALLEPipeline(Pipeline):
     """State: ``params = {"transformer", "tokenizer"}`` (the tokenizer frozen: no optimiser
     state, no EMA), the transformer's AdamW state and an EMA of it, which ``generate`` uses."""
+
+    sample_options = (
+        SampleOption("temperature", "float", 0.0, 5.0, help="0: greedy"),
+        SampleOption("top_k", "int", 0, 100000, help="0: off"),
+        SampleOption(
+            "guidance_scale", "float", 0.0, 20.0, help="classifier-free guidance (1: off)"
+        ),
+    )
 
     def __init__(self, config, load_run=None):
         super().__init__(config, load_run)

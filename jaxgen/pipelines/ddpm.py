@@ -14,7 +14,7 @@ from jaxgen.models.text_encoder import TextEncoder
 from jaxgen.models.unet import UNet
 from jaxgen.pipelines import pretrained
 from jaxgen.pipelines import state as state_lib
-from jaxgen.pipelines.base import Pipeline
+from jaxgen.pipelines.base import Pipeline, SampleOption
 
 
 def _with_frozen_text(loss_fn):
@@ -33,6 +33,13 @@ class DDPMPipeline(Pipeline):
     State: ``params["unet"]`` (the text encoder is a submodule of the UNet, trained jointly),
     its AdamW state and an EMA of the parameters, which ``generate`` uses.
     """
+
+    sample_options = (
+        SampleOption("num_steps", "int", 1, 1000, help="DDIM steps"),
+        SampleOption(
+            "guidance_scale", "float", 0.0, 20.0, help="classifier-free guidance (1: off)"
+        ),
+    )
 
     def __init__(self, config, load_run=None):
         super().__init__(config, load_run)

@@ -24,7 +24,7 @@ from absl import logging
 from jaxgen.data import scenes
 from jaxgen.models.text2scene import Text2Scene
 from jaxgen.pipelines import state as state_lib
-from jaxgen.pipelines.base import Pipeline
+from jaxgen.pipelines.base import Pipeline, SampleOption
 
 DECODINGS = ("greedy", "sample", "beam")
 # data.name -> the module that defines its layouts (objects, attributes, grid, words, sprites).
@@ -57,6 +57,11 @@ class Text2ScenePipeline(Pipeline):
 
     State: ``params["text2scene"]``, its AdamW state and an EMA, which decoding uses.
     """
+
+    sample_options = (
+        SampleOption("decoding", "choice", choices=DECODINGS),
+        SampleOption("temperature", "float", 0.01, 5.0, help="of decoding='sample'"),
+    )
 
     def __init__(self, config, load_run=None):
         super().__init__(config, load_run)

@@ -43,7 +43,7 @@ from jaxgen.models.prior import DiffusionPrior
 from jaxgen.models.text_encoder import TextEncoder
 from jaxgen.models.unet import UNet
 from jaxgen.pipelines import state as state_lib
-from jaxgen.pipelines.base import Pipeline
+from jaxgen.pipelines.base import Pipeline, SampleOption
 
 NETWORKS = ("prior", "decoder", "upsampler")
 EMBEDDINGS = ("prior", "text", "none")
@@ -104,6 +104,12 @@ def upsample(images: jax.Array, size: int) -> jax.Array:
 class UnCLIPPipeline(Pipeline):
     """State: ``params = {"prior", "decoder", "upsampler", "clip"}`` (the CLIP frozen: no
     optimiser state, no EMA), one AdamW state and one EMA per trained network."""
+
+    sample_options = (
+        SampleOption("num_steps", "int", 1, 1000, help="the decoder's DDIM steps"),
+        SampleOption("guidance_scale", "float", 0.0, 20.0, help="the decoder's guidance"),
+        SampleOption("prior_guidance_scale", "float", 0.0, 20.0, help="the prior's guidance"),
+    )
 
     def __init__(self, config, load_run=None):
         super().__init__(config, load_run)

@@ -1,0 +1,297 @@
+"""The local web demo: its checks without a browser, then the page in headless Chromium and
+under concurrent requests."""
+
+import concurrent.futures
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from helpers import REPO_ROOT, cli_env, shared_config_run
+
+from jaxgen import api, demo
+from jaxgen.pipelines.base import SampleOption
+
+
+@pytest.fixture(scope="module")
+def gan_workdir(tmp_path_factory):
+    run = shared_config_run(tmp_path_factory, "--config=experiments/gan.py:smoke")
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.workdir
+
+
+@pytest.fixture(scope="module")
+def ddpm(trained_workdir):
+    return demo.DemoModel("ddpm", api.load(trained_workdir))
+
+
+def test_sample_option_checks_type_and_range():
+    steps = SampleOption("num_steps", "int", 1, 1000)
+    assert steps.check(25) == 25 and isinstance(steps.check(25.0), int)
+    for bad in (0, 1001, 2.5, "many", None):
+        with pytest.raises(ValueError, match="num_steps"):
+            steps.check(bad)
+    scale = SampleOption("guidance_scale", "float", 0.0, 20.0)
+    assert scale.check("3.5") == 3.5
+    with pytest.raises(ValueError, match=r"\[0, 20\]"):
+        scale.check(-1)
+    decoding = SampleOption("decoding", "choice", choices=("greedy", "beam"))
+    assert decoding.check("beam") == "beam"
+    with pytest.raises(ValueError, match="greedy"):
+        decoding.check("nucleus")
+
+
+def test_generate_returns_images_and_the_judge_s_reading(ddpm):
+    size = ddpm.image_size
+    result = ddpm.generate("a large red circle", seed=3, num_images=3, options={"num_steps": 2})
+    assert result.images.shape == (3, size, size, 3) and result.images.dtype == np.uint8
+    # Each caption is the judge's reading of that image, recomputed here from the judge.
+    readings = ddpm.pipeline.judge.read(result.images, "a large red circle")
+    assert result.captions == [demo.describe_reading(r) for r in readings]
+    assert all("colour" in c and "shape" in c for c in result.captions)
+    assert result.summary.startswith("Judge: ")
+    again = ddpm.generate("a large red circle", seed=3, num_images=3, options={"num_steps": 2})
+    np.testing.assert_array_equal(again.images, result.images)  # the seed decides
+    outside = ddpm.generate("a photograph of a cat", num_images=1, options={"num_steps": 2})
+    assert outside.captions == [""] and "outside" in outside.summary
+    assert ddpm.random_caption("test", 5) in ddpm.pipeline.judge.prompts("test", 256, seed=7)[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=""), "empty"),
+        (dict(prompt="   "), "empty"),
+        (dict(prompt="a red circle " * 20), "at most 62 bytes"),
+        (dict(prompt=12), "text"),
+        (dict(num_images=0), "number of images"),
+        (dict(num_images=demo.MAX_IMAGES + 1), "number of images"),
+        (dict(num_images=2.5), "number of images"),
+        (dict(seed=-1), "seed"),
+        (dict(candidates=2), "re-rank"),  # the smoke DDPM has no CLIP
+        (dict(options={"num_steps": 0}), "num_steps"),
+        (dict(options={"guidance_scale": 99}), "guidance_scale"),
+    ],
+)
+def test_bad_requests_are_named(ddpm, kwargs, message):
+    kwargs = {"prompt": "a red circle", **kwargs}
+    with pytest.raises(demo.DemoError, match=message):
+        ddpm.generate(kwargs.pop("prompt"), **kwargs)
+
+
+def test_uploads_are_made_square_rgb_or_named():
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 0] = 200
+    out = demo.as_rgb(rgba, 16)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8 and out[..., 0].min() == 200
+    assert demo.as_rgb(np.full((8, 8), 0.5), 4).max() == 128  # grey float in [0, 1]
+    for bad, message in ((None, "Upload"), (np.zeros((4, 4, 2)), "channels"), ("x", "not an")):
+        with pytest.raises(demo.DemoError, match=message):
+            demo.as_rgb(bad, 16)
+
+
+def test_family_requests(gan_workdir):
+    gan = demo.DemoModel("gan", api.load(gan_workdir))
+    assert gan.has("interpolate_prompts") and not gan.has("variations")
+    result = gan.interpolate("a red circle", "a blue square", num=4, seed=1)
+    assert result.images.shape[0] == 4 and result.captions[0] == "0.00"
+    with pytest.raises(demo.DemoError, match="steps"):
+        gan.interpolate("a red circle", "a blue square", num=1)
+    with pytest.raises(demo.DemoError, match="empty"):
+        gan.interpolate("", "a blue square")
+
+
+def _smoke_model(tmp_path_factory, config: str) -> demo.DemoModel:
+    run = shared_config_run(tmp_path_factory, config)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return demo.DemoModel(config, api.load(run.workdir))
+
+
+def _image(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size + 5, size, 3), dtype=np.uint8)
+
+
+def test_text2scene_tab(tmp_path_factory):
+    t2s = _smoke_model(tmp_path_factory, "--config=experiments/text2scene.py:smoke")
+    text = t2s.random_caption("test", 3)
+    result, scene = t2s.compose(text, seed=0)
+    steps = t2s.pipeline.composition_steps(t2s.model.state, [text], jax.random.key(0))[0]
+    np.testing.assert_array_equal(result.images, steps)  # the canvas after each step
+    assert result.captions[0] == "empty canvas" and len(result.captions) == len(steps)
+    assert isinstance(scene, list) and all(isinstance(o, dict) for o in scene)
+    with pytest.raises(demo.DemoError, match="Unknown word"):  # the family's own vocabulary
+        t2s.compose("a large red circle")
+
+
+def test_unclip_tab(tmp_path_factory):
+    unclip = _smoke_model(tmp_path_factory, "--config=experiments/unclip.py:smoke")
+    size = unclip.image_size
+    result = unclip.variations(_image(size), num=2, seed=0)
+    assert result.images.shape == (3, size, size, 3) and result.captions[0] == "input"
+    path = unclip.interpolate_images(_image(size, 1), _image(size, 2), steps=3)
+    assert path.images.shape == (3, size, size, 3)
+    with pytest.raises(demo.DemoError, match="image B"):
+        unclip.interpolate_images(_image(size), None)
+
+
+def test_dalle_tab(tmp_path_factory):
+    dalle = _smoke_model(tmp_path_factory, "--config=experiments/dalle.py:smoke")
+    size = dalle.image_size
+    given = demo.as_rgb(_image(size), size)
+    result = dalle.complete(given, "a large red circle", seed=0)
+    assert result.images.shape == (2, size, size, 3)
+    np.testing.assert_array_equal(result.images[0], given)
+    with pytest.raises(demo.DemoError, match="empty"):
+        dalle.complete(given, "")
+
+
+def test_fast_style_tab(tmp_path_factory):
+    fast = _smoke_model(tmp_path_factory, "--config=experiments/style_transfer.py:fast,smoke")
+    assert not fast.text_to_image
+    with pytest.raises(demo.DemoError, match="does not generate from text"):
+        fast.generate("a red circle")
+    result = fast.stylize(_image(40))
+    assert result.images.dtype == np.uint8 and result.images.shape[-1] == 3
+    with pytest.raises(demo.DemoError, match="Upload"):
+        fast.stylize(None)
+
+
+def test_load_failure_names_the_workdir(tmp_path, trained_workdir):
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(SystemExit, match=f"{missing}"):
+        demo.load_models([str(trained_workdir), str(missing)])
+    models = demo.load_models([str(trained_workdir), str(trained_workdir)])
+    assert len(models) == 2 and len({id(m.model) for m in models.values()}) == 2
+
+
+# -- the served page -------------------------------------------------------------------------
+def _chromium() -> str:
+    path = os.environ.get("JAXGEN_CHROMIUM") or shutil.which("chromium")
+    if path is None:
+        message = "no Chromium: apt-get install chromium (or set JAXGEN_CHROMIUM)"
+        if os.environ.get("JAXGEN_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m jaxgen.demo`` in a subprocess, on a free loopback port."""
+
+    def __init__(self, *workdirs, timeout: float = 300):
+        pytest.importorskip("gradio")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        args = [f"--workdir={w}" for w in workdirs]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jaxgen.demo", *args, f"--port={self.port}"],
+            cwd=REPO_ROOT,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the demo exited:\n{self.proc.stdout.read()[-4000:]}")
+            try:
+                urllib.request.urlopen(self.url, timeout=2).read()
+                return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise AssertionError("the demo did not serve within the timeout")
+
+    def rss_mib(self, field: str = "VmRSS") -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(field)
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return out
+
+
+def test_page_in_headless_chromium(trained_workdir, gan_workdir, tmp_path):
+    chromium = _chromium()
+    playwright = pytest.importorskip("playwright.sync_api")
+    server = Server(trained_workdir, gan_workdir)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1200, "height": 1100})
+            page.goto(server.url)
+            page.locator("#prompt textarea").fill("a large red circle left of a small blue square")
+            page.locator("#generate").click()
+            status = page.locator("#status")
+            status.get_by_text("Judge:").wait_for(timeout=240_000)
+            images = page.locator("#gallery img")
+            images.first.wait_for(timeout=30_000)
+            assert images.count() >= 4
+            text = page.locator("#readings").inner_text()
+            assert text.count("colour") == 4 and text.count("relation") == 4, text
+            page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+            assert (tmp_path / "demo.png").stat().st_size > 10_000
+            # A random test caption lands in the prompt box.
+            page.locator("#random-test").click()
+            page.wait_for_function(
+                "() => document.querySelector('#prompt textarea').value.length > 0"
+            )
+            # An empty prompt shows the error; the server keeps serving.
+            page.locator("#prompt textarea").fill("")
+            page.locator("#generate").click()
+            status.get_by_text("empty").wait_for(timeout=60_000)
+            assert "Error" in status.inner_text()
+            browser.close()
+        assert server.proc.poll() is None
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log, log[-4000:]
+
+
+def test_concurrent_requests_get_their_images(trained_workdir):
+    client_lib = pytest.importorskip("gradio_client")
+    server = Server(trained_workdir)
+    try:
+        client = client_lib.Client(server.url, verbose=False)
+
+        name = Path(trained_workdir).name  # the page names models by their folders
+
+        def ask(seed):
+            # model, prompt, seed, images, candidates, then the sampler's num_steps, guidance
+            return client.predict(
+                name, "a small red circle", seed, 2, 1, 2, 5.0, api_name="/generate"
+            )
+
+        ask(0)  # compiles the sampler
+        warm = server.rss_mib()
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(ask, range(1, 13)))
+        peak = server.rss_mib("VmHWM")
+        for status, gallery, _ in results:
+            assert status.startswith("Judge:") and len(gallery) == 2
+        # One model instance: twelve requests in flight do not grow the server by half.
+        assert peak < 1.5 * warm, (warm, peak)
+        assert server.proc.poll() is None
+    finally:
+        server.stop()
