@@ -16,10 +16,12 @@ Tabs:
   Interpolate    runs with ``interpolate_prompts`` (the GAN): caption a -> b with fixed noise.
   Compose        runs with ``composition_steps`` (Text2Scene): the canvas step by step and the
                  scene as JSON.
-  Variations     runs with ``variations`` (unCLIP): variations of an uploaded image, and the
-                 interpolation between two.
+  Variations     runs with ``variations`` (unCLIP): variations of an uploaded or generated
+                 image, and the interpolation between two.
   Complete       runs with ``complete`` (DALL-E): the top half of an image kept, the rest
                  sampled under a caption.
+  Style transfer runs of Gatys et al.'s optimisation: a content and a style upload, optimised
+                 with the run's settings.
   Stylize        runs with ``stylize_image`` (fast style transfer): an uploaded photo in the
                  run's style.
 
@@ -45,6 +47,12 @@ MAX_IMAGES = 16
 MAX_CANDIDATES = 8
 MAX_SEED = 2**31 - 1
 MAX_STEPS = 16  # images along an interpolation
+MAX_SAMPLES = 32  # images x candidates of one request
+MAX_UPLOAD_SIDE = 512  # an upload's longer side (larger ones are shrunk)
+# Each new setting (steps, guidance, batch, upload shape) compiles a program that stays cached;
+# past this many distinct ones the caches are cleared, so no client can grow the server's memory
+# without bound by varying its settings.
+MAX_PROGRAMS = 32
 
 
 class DemoError(ValueError):
@@ -70,15 +78,16 @@ def _check_int(name: str, value, low: int, high: int) -> int:
     return number
 
 
-def as_rgb(image, size: int, what: str = "image") -> np.ndarray:
+def as_rgb(image, size: int | None, what: str = "image") -> np.ndarray:
     """An uploaded image (uint8 or float array, grey, RGB or RGBA) as uint8 ``[size, size, 3]``,
-    centre-cropped to a square; DemoError for anything else."""
+    centre-cropped to a square (``size=None``: its own aspect, the longer side at most
+    ``MAX_UPLOAD_SIDE``); DemoError for anything else."""
     from PIL import Image
 
     if image is None:
         raise DemoError(f"Upload an {what} first.")
     array = np.asarray(image)
-    if array.dtype == object or array.ndim not in (2, 3) or min(array.shape[:2]) < 1:
+    if array.dtype == object or array.ndim not in (2, 3) or min(array.shape[:2], default=0) < 1:
         raise DemoError(f"The {what} is not an image (got an array of shape {array.shape}).")
     if array.ndim == 3 and array.shape[-1] not in (1, 3, 4):
         raise DemoError(f"The {what} has {array.shape[-1]} channels; give a grey, RGB or RGBA one.")
@@ -87,6 +96,9 @@ def as_rgb(image, size: int, what: str = "image") -> np.ndarray:
         array = np.clip(np.rint(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
     pil = Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
     pil = pil.convert("RGB")
+    if size is None:
+        pil.thumbnail((MAX_UPLOAD_SIDE, MAX_UPLOAD_SIDE), Image.Resampling.BICUBIC)
+        return np.asarray(pil)
     side = min(pil.size)
     left, top = (pil.size[0] - side) // 2, (pil.size[1] - side) // 2
     pil = pil.crop((left, top, left + side, top + side))
@@ -122,6 +134,17 @@ class DemoModel:
         self.pipeline, self.config = model.pipeline, model.config
         self.lock = threading.Lock()
         self._examples: dict[str, list[str]] = {}
+        self._programs: set = set()
+
+    def _compiles(self, *setting) -> None:
+        """Notes the setting a request compiles for; clears JAX's caches when there are more
+        than ``MAX_PROGRAMS`` of them (called under the lock)."""
+        import jax
+
+        if setting not in self._programs and len(self._programs) >= MAX_PROGRAMS:
+            jax.clear_caches()
+            self._programs.clear()
+        self._programs.add(setting)
 
     @property
     def family(self) -> str:
@@ -202,12 +225,18 @@ class DemoModel:
         seed = _check_int("seed", seed, 0, MAX_SEED)
         num = _check_int("number of images", num_images, 1, MAX_IMAGES)
         k = _check_int("candidates", candidates, 1, MAX_CANDIDATES)
+        if num * k > MAX_SAMPLES:
+            raise DemoError(
+                f"{num} images x {k} candidates is {num * k} samples; at most {MAX_SAMPLES} "
+                "per request."
+            )
         if k > 1 and not self.reranks:
             raise DemoError(f"{self.name} has no CLIP to re-rank with: use 1 candidate.")
         opts = self.sampler_options(options or {})
         opts.update(self._generate_kwargs(num * k))
         try:
             with self.lock:
+                self._compiles("generate", *sorted(opts.items()))
                 images = self.pipeline.rerank(
                     self.model.state, [prompt] * num, jax.random.key(seed), candidates=k, **opts
                 )
@@ -279,22 +308,46 @@ class DemoModel:
             )
         return Result(np.stack([image, out[0]]), ["given (top half kept)", "completed"], "")
 
-    def stylize(self, image) -> Result:
-        if image is None:
-            raise DemoError("Upload an image first.")
-        content = as_rgb(image, max(np.asarray(image).shape[:2]))
+    def stylize_pair(self, content, style, *, iterations=100, size=128) -> Result:
+        """Gatys et al.'s optimisation of ``content`` towards ``style`` (two uploads) with this
+        run's settings (its feature network, weights and optimiser), ``iterations`` of it at
+        ``size`` pixels: a new optimisation per request, compiled once per setting."""
+        import jax
+
+        iterations = _check_int("iterations", iterations, 1, 1000)
+        size = _check_int("size", size, 16, 512)
+        images = [as_rgb(content, size, "content image"), as_rgb(style, size, "style image")]
+        config = self.config.copy_and_resolve_references()
+        with config.ignore_type():  # arrays in place of paths
+            config.content, config.style = images[0], [images[1]]
+        config.image_size = size
+        config.optim.iterations = config.optim.chunk = iterations
         with self.lock:
+            self._compiles("stylize_pair", iterations, size)
+            pipeline = type(self.pipeline)(config)
+            state = pipeline.optimise(jax.jit(pipeline.init)(jax.random.key(0), None))
+            out = pipeline.result(state)
+        return Result(np.stack([*images, out]), ["content", "style", "stylised"], "")
+
+    def stylize(self, image) -> Result:
+        content = as_rgb(image, None)  # its own aspect: the network takes any
+        with self.lock:
+            self._compiles("stylize", content.shape)
             out = np.asarray(self.pipeline.stylize_image(self.model.state, content))
         return Result(out[None], ["stylised"], "")
 
 
 def load_models(workdirs: Sequence[str]) -> dict[str, DemoModel]:
-    """Each workdir loaded once, named by its folder (numbered when two share a name).
+    """Each workdir loaded once (given twice, served once), named by its folder (numbered when
+    two share a name).
     SystemExit naming every workdir that fails to load and why."""
     from jaxgen import api
 
-    models, failures = {}, []
+    models, failures, seen = {}, [], set()
     for workdir in workdirs:
+        if Path(workdir).resolve() in seen:  # one model instance per workdir
+            continue
+        seen.add(Path(workdir).resolve())
         try:
             model = api.load(workdir)
         except Exception as e:  # noqa: BLE001 - reported per workdir at start-up
@@ -320,6 +373,17 @@ def _gallery(result: Result):
 def _numbered(captions: list[str]) -> str:
     """The judge's readings as a numbered list (the gallery's captions are cut short)."""
     return "\n".join(f"{i}. {c}" for i, c in enumerate(captions, 1) if c)
+
+
+def _label(option) -> str:
+    return f"{option.name} ({option.help})" if option.help else option.name
+
+
+def _positional(n: int, progress) -> inspect.Signature:
+    """A signature of ``n`` positional inputs and then a progress tracker."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(f"input_{i}", kind) for i in range(n)]
+    return inspect.Signature([*params, inspect.Parameter("progress", kind, default=progress)])
 
 
 def _error(e: Exception) -> str:
@@ -379,7 +443,7 @@ def build_app(models: dict[str, DemoModel]):
                     mine = {o.name: o for o in first.options}
                     for option in option_specs.values():
                         visible = option.name in mine
-                        label = f"{option.name} ({option.help})" if option.help else option.name
+                        label = _label(mine.get(option.name, option))
                         value = mine[option.name].default(first.config) if visible else None
                         if option.kind == "choice":
                             controls[option.name] = gr.Dropdown(
@@ -406,21 +470,35 @@ def build_app(models: dict[str, DemoModel]):
                     updates = [gr.update(visible=m.reranks, value=1)]
                     for option_name in option_names:
                         o = mine.get(option_name)
-                        updates.append(
-                            gr.update(
-                                visible=o is not None, value=o.default(m.config) if o else None
+                        if o is None:
+                            updates.append(gr.update(visible=False, value=None))
+                        elif o.kind == "choice":
+                            updates.append(
+                                gr.update(
+                                    visible=True, value=o.default(m.config), choices=o.choices
+                                )
                             )
-                        )
+                        else:  # this model's range and help, not the first model's
+                            updates.append(
+                                gr.update(
+                                    visible=True,
+                                    value=o.default(m.config),
+                                    label=_label(o),
+                                    minimum=o.low,
+                                    maximum=o.high,
+                                )
+                            )
                     return updates
 
                 model.change(
                     on_model, model, [candidates, *controls.values()], api_visibility="private"
                 )
 
-                def on_generate(name, text, seed_value, n, k, *values, progress=gr.Progress()):  # noqa: B008
+                def on_generate(name, text, seed_value, n, k, *rest):
+                    *values, progress = rest
                     try:
                         m = lookup(name)
-                        progress(0.0, desc=f"sampling {int(n)} x {int(k)} with {name}")
+                        progress(0.0, desc=f"sampling with {name}")
                         result = m.generate(
                             text,
                             seed=seed_value,
@@ -431,6 +509,9 @@ def build_app(models: dict[str, DemoModel]):
                     except DemoError as e:
                         return _error(e), [], ""
                     return result.summary, _gallery(result), _numbered(result.captions)
+
+                # Gradio finds its progress tracker among positional parameters only.
+                on_generate.__signature__ = _positional(5 + len(controls), gr.Progress())
 
                 go.click(
                     on_generate,
@@ -499,9 +580,7 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
     if names := having("composition_steps"):
         with gr.Tab("Compose"):
             model = gr.Dropdown(names, value=names[0], label="model")
-            prompt = gr.Textbox(
-                label="prompt", value="a large red circle left of a small blue square"
-            )
+            prompt = gr.Textbox(label="prompt", value=models[names[0]].random_caption("test", 0))
             seed = gr.Number(value=0, precision=0, label="seed")
             go = gr.Button("Compose", variant="primary")
             status, gallery = gr.Markdown(), gr.Gallery(columns=8, height="auto")
@@ -526,9 +605,20 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
                 num = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="variations / steps")
                 seed = gr.Number(value=0, precision=0, label="seed")
             with gr.Row():
+                caption = gr.Textbox(label="or draw image A from a caption", scale=3)
+                draw = gr.Button("Draw A")
+            with gr.Row():
                 vary = gr.Button("Variations of A", variant="primary")
                 between = gr.Button("Interpolate A -> B")
             status, gallery = gr.Markdown(), gr.Gallery(columns=8, height="auto")
+
+            def draw_a(name, text, s):
+                try:
+                    return lookup(name).generate(text, seed=s, num_images=1).images[0], ""
+                except DemoError as e:
+                    return gr.update(), _error(e)
+
+            draw.click(draw_a, [model, caption, seed], [image_a, status])
 
             def variations(name, img, n, s):
                 r = lookup(name).variations(img, num=n, seed=s)
@@ -557,6 +647,26 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
                 return r.summary, _gallery(r)
 
             go.click(guarded(complete), [model, image, prompt, seed], [status, gallery])
+
+    if names := [n for n in having("optimise") if not models[n].text_to_image]:
+        with gr.Tab("Style transfer"):
+            model = gr.Dropdown(names, value=names[0], label="settings of")
+            with gr.Row():
+                content = gr.Image(type="numpy", label="content")
+                style = gr.Image(type="numpy", label="style")
+            with gr.Row():
+                iterations = gr.Slider(1, 1000, value=100, step=1, label="iterations")
+                size = gr.Slider(16, 512, value=128, step=16, label="size (pixels)")
+            go = gr.Button("Optimise", variant="primary")
+            status, gallery = gr.Markdown(), gr.Gallery(columns=3, height="auto")
+
+            def stylize_pair(name, c, st, n, px):
+                r = lookup(name).stylize_pair(c, st, iterations=n, size=px)
+                return r.summary, _gallery(r)
+
+            go.click(
+                guarded(stylize_pair), [model, content, style, iterations, size], [status, gallery]
+            )
 
     if names := having("stylize_image"):
         with gr.Tab("Stylize"):

@@ -244,5 +244,15 @@ def test_read_judges_each_image_against_a_typed_prompt():
     pair = f"a {obj['colour']} {obj['shape']} left of a {other_colour} {other_shape}"
     (reading,) = reader.read(images[one : one + 1], pair)
     assert reading["count"] is False and reading["relation"] is False
+    # Sizes are read only for the objects the prompt sizes.
+    a, b = truths[two]["objects"]
+    flip = {"small": "large", "large": "small"}
+    rel = truths[two]["relation"]
+    for size_a, size_b, right in ((a["size"], flip[b["size"]], False), ("", b["size"], True)):
+        prompt = (
+            f"a {size_a} {a['colour']} {a['shape']} {rel} a {size_b} {b['colour']} {b['shape']}"
+        )
+        (reading,) = reader.read(images[two : two + 1], " ".join(prompt.split()))
+        assert reading["size"] is right and reading["shape"] and reading["relation"], prompt
     assert reader.read(images[:3], "a photograph of a cat") is None
     assert len(reader.read(images[:3], truths[0]["caption"])) == 3

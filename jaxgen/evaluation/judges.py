@@ -119,13 +119,14 @@ class ShapesJudge(Judge):
         truth = shapes.parse_caption(prompt)
         if truth is None:
             return None
-        sized = all(o["size"] is not None for o in truth["objects"])
+        # Sizes are read for the objects the prompt gives one ("a red circle" asks for none).
+        sized = [i for i, o in enumerate(truth["objects"]) if o["size"] is not None]
         readings = []
         for detected in shapes_judge.detect_objects(np.asarray(images)):
             found = shapes_judge.judge_one(detected, truth)
             reading = {"colour": all(found["colour"]), "shape": all(found["shape"])}
-            if sized:  # a prompt without size words asks for no size
-                reading["size"] = all(found["size"])
+            if sized:
+                reading["size"] = all(found["size"][i] for i in sized)
             reading["count"] = bool(found["count"])
             if found["relation"] is not None:
                 reading["relation"] = bool(found["relation"])
