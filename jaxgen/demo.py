@@ -31,6 +31,7 @@ draws the page with Gradio.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -57,6 +58,15 @@ MAX_PROGRAMS = 32
 
 class DemoError(ValueError):
     """A request the page answers with a message instead of images."""
+
+
+@contextlib.contextmanager
+def _as_message():
+    """A pipeline's own check of a request (a ValueError) as a message for the page."""
+    try:
+        yield
+    except ValueError as e:
+        raise DemoError(str(e)) from None
 
 
 @dataclasses.dataclass
@@ -234,14 +244,11 @@ class DemoModel:
             raise DemoError(f"{self.name} has no CLIP to re-rank with: use 1 candidate.")
         opts = self.sampler_options(options or {})
         opts.update(self._generate_kwargs(num * k))
-        try:
-            with self.lock:
-                self._compiles("generate", *sorted(opts.items()))
-                images = self.pipeline.rerank(
-                    self.model.state, [prompt] * num, jax.random.key(seed), candidates=k, **opts
-                )
-        except ValueError as e:  # a sampler's own check of its options
-            raise DemoError(str(e)) from None
+        with self.lock, _as_message():
+            self._compiles("generate", *sorted(opts.items()))
+            images = self.pipeline.rerank(
+                self.model.state, [prompt] * num, jax.random.key(seed), candidates=k, **opts
+            )
         images = np.asarray(images)
         judge = self.pipeline.judge
         if not judge.has_truth:  # a dataset without ground truth: nothing to judge against
@@ -255,7 +262,7 @@ class DemoModel:
         a, b = self.check_prompt(prompt_a), self.check_prompt(prompt_b)
         num = _check_int("steps", num, 2, MAX_STEPS)
         seed = _check_int("seed", seed, 0, MAX_SEED)
-        with self.lock:
+        with self.lock, _as_message():
             images = np.asarray(
                 self.pipeline.interpolate_prompts(self.model.state, a, b, num, seed)
             )
@@ -267,7 +274,7 @@ class DemoModel:
 
         prompt = self.check_prompt(prompt)
         rng = jax.random.key(_check_int("seed", seed, 0, MAX_SEED))
-        with self.lock:
+        with self.lock, _as_message():
             steps = np.asarray(self.pipeline.composition_steps(self.model.state, [prompt], rng))
             scene = self.pipeline.generate_scenes(self.model.state, [prompt], rng)[0]
         captions = ["empty canvas"] + [f"after step {i}" for i in range(1, len(steps[0]))]
@@ -279,7 +286,7 @@ class DemoModel:
         image = as_rgb(image, self.image_size)
         num = _check_int("number of variations", num, 1, MAX_IMAGES)
         rng = jax.random.key(_check_int("seed", seed, 0, MAX_SEED))
-        with self.lock:
+        with self.lock, _as_message():
             out = np.asarray(self.pipeline.variations(self.model.state, image[None], rng, num=num))
         images = np.concatenate([image[None], out[0]])
         return Result(images, ["input"] + [f"variation {i + 1}" for i in range(num)], "")
@@ -291,7 +298,7 @@ class DemoModel:
         b = as_rgb(image_b, self.image_size, "image B")
         steps = _check_int("steps", steps, 2, MAX_STEPS)
         rng = jax.random.key(_check_int("seed", seed, 0, MAX_SEED))
-        with self.lock:
+        with self.lock, _as_message():
             out = np.asarray(self.pipeline.interpolate(self.model.state, a, b, rng, steps=steps))
         return Result(out, [f"{i / (steps - 1):.2f}" for i in range(steps)], "")
 
@@ -302,7 +309,7 @@ class DemoModel:
         image = as_rgb(image, self.image_size)
         rng = jax.random.key(_check_int("seed", seed, 0, MAX_SEED))
         rows = int(self.pipeline.model.grid) // 2
-        with self.lock:
+        with self.lock, _as_message():
             out = np.asarray(
                 self.pipeline.complete(self.model.state, [prompt], image[None], rows, rng)
             )
@@ -311,7 +318,7 @@ class DemoModel:
     def stylize_pair(self, content, style, *, iterations=100, size=128) -> Result:
         """Gatys et al.'s optimisation of ``content`` towards ``style`` (two uploads) with this
         run's settings (its feature network, weights and optimiser), ``iterations`` of it at
-        ``size`` pixels: a new optimisation per request, compiled once per setting."""
+        ``size`` pixels: a new optimisation, compiled afresh, per request."""
         import jax
 
         iterations = _check_int("iterations", iterations, 1, 1000)
@@ -322,8 +329,7 @@ class DemoModel:
             config.content, config.style = images[0], [images[1]]
         config.image_size = size
         config.optim.iterations = config.optim.chunk = iterations
-        with self.lock:
-            self._compiles("stylize_pair", iterations, size)
+        with self.lock, _as_message():
             pipeline = type(self.pipeline)(config)
             state = pipeline.optimise(jax.jit(pipeline.init)(jax.random.key(0), None))
             out = pipeline.result(state)
@@ -331,7 +337,7 @@ class DemoModel:
 
     def stylize(self, image) -> Result:
         content = as_rgb(image, None)  # its own aspect: the network takes any
-        with self.lock:
+        with self.lock, _as_message():
             self._compiles("stylize", content.shape)
             out = np.asarray(self.pipeline.stylize_image(self.model.state, content))
         return Result(out[None], ["stylised"], "")

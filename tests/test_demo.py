@@ -88,6 +88,16 @@ def test_bad_requests_are_named(ddpm, kwargs, message):
         ddpm.generate(kwargs.pop("prompt"), **kwargs)
 
 
+def test_a_pipeline_s_own_refusal_is_a_message(ddpm, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("the sampler says no")
+
+    monkeypatch.setattr(ddpm.pipeline, "rerank", refuse)
+    with pytest.raises(demo.DemoError, match="the sampler says no"):
+        ddpm.generate("a red circle")
+    assert not ddpm.lock.locked()  # and the model is free for the next request
+
+
 def test_settings_past_the_program_bound_clear_the_caches(ddpm, monkeypatch):
     cleared = []
     monkeypatch.setattr(demo, "MAX_PROGRAMS", 2)
@@ -172,10 +182,10 @@ def test_text2scene_tab(tmp_path_factory):
 def test_unclip_tab(tmp_path_factory):
     unclip = _smoke_model(tmp_path_factory, "unclip")
     size = unclip.image_size
-    result = unclip.variations(_image(size), num=2, seed=0)
-    assert result.images.shape == (3, size, size, 3) and result.captions[0] == "input"
-    path = unclip.interpolate_images(_image(size, 1), _image(size, 2), steps=3)
-    assert path.images.shape == (3, size, size, 3)
+    result = unclip.variations(_image(size), num=1, seed=0)
+    assert result.images.shape == (2, size, size, 3) and result.captions == ["input", "variation 1"]
+    path = unclip.interpolate_images(_image(size, 1), _image(size, 2), steps=2)
+    assert path.images.shape == (2, size, size, 3)
     with pytest.raises(demo.DemoError, match="image B"):
         unclip.interpolate_images(_image(size), None)
 

@@ -39,18 +39,17 @@ class EvalPlan:
 @dataclasses.dataclass(frozen=True)
 class SampleOption:
     """A keyword of a pipeline's ``generate`` that a user may turn (the demo draws one control
-    per option). Its default is ``config.sample[config_key or name]``."""
+    per option). Its default is ``config.sample[name]``."""
 
     name: str
     kind: str  # "int", "float" or "choice"
     low: float = 0.0
     high: float = 0.0
     choices: tuple[str, ...] = ()
-    config_key: str = ""
     help: str = ""
 
     def default(self, config):
-        return config.sample.get(self.config_key or self.name)
+        return config.sample.get(self.name)
 
     def check(self, value):
         """``value`` as this option's type; ValueError naming the option and its range."""
