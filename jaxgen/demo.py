@@ -693,6 +693,7 @@ def serve(models: dict[str, DemoModel], host: str = "127.0.0.1", port: int = 786
     queue, at most two sample at once, and one model samples one request at a time."""
     app = build_app(models)
     app.queue(default_concurrency_limit=2, max_size=64)
+    launch.setdefault("max_file_size", "20mb")  # uploads; larger ones are refused
     app.launch(server_name=host, server_port=port, show_error=True, **launch)
     return app
 
