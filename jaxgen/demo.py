@@ -556,12 +556,16 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
     def having(method):
         return [n for n, m in models.items() if m.has(method)]
 
-    def guarded(fn):
-        def run(*args):
+    def shown(ask):
+        """A handler of (model name, *inputs): ``ask(model, *inputs)``'s Result as the tab's
+        (status, gallery), or the message of a DemoError."""
+
+        def run(name, *inputs):
             try:
-                return fn(*args)
+                result = ask(lookup(name), *inputs)
             except DemoError as e:
                 return _error(e), []
+            return result.summary, _gallery(result)
 
         return run
 
@@ -577,11 +581,11 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
             go = gr.Button("Interpolate", variant="primary")
             status, gallery = gr.Markdown(), gr.Gallery(columns=8, height="auto")
 
-            def interpolate(name, pa, pb, n, s):
-                r = lookup(name).interpolate(pa, pb, num=n, seed=s)
-                return r.summary, _gallery(r)
-
-            go.click(guarded(interpolate), [model, a, b, steps, seed], [status, gallery])
+            go.click(
+                shown(lambda m, pa, pb, n, s: m.interpolate(pa, pb, num=n, seed=s)),
+                [model, a, b, steps, seed],
+                [status, gallery],
+            )
 
     if names := having("composition_steps"):
         with gr.Tab("Compose"):
@@ -626,17 +630,15 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
 
             draw.click(draw_a, [model, caption, seed], [image_a, status])
 
-            def variations(name, img, n, s):
-                r = lookup(name).variations(img, num=n, seed=s)
-                return r.summary, _gallery(r)
-
-            def interpolate_images(name, img_a, img_b, n, s):
-                r = lookup(name).interpolate_images(img_a, img_b, steps=max(2, int(n)), seed=s)
-                return r.summary, _gallery(r)
-
-            vary.click(guarded(variations), [model, image_a, num, seed], [status, gallery])
+            vary.click(
+                shown(lambda m, img, n, s: m.variations(img, num=n, seed=s)),
+                [model, image_a, num, seed],
+                [status, gallery],
+            )
             between.click(
-                guarded(interpolate_images), [model, image_a, image_b, num, seed], [status, gallery]
+                shown(lambda m, a, b, n, s: m.interpolate_images(a, b, steps=n, seed=s)),
+                [model, image_a, image_b, num, seed],
+                [status, gallery],
             )
 
     if names := having("complete"):
@@ -648,11 +650,11 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
             go = gr.Button("Complete", variant="primary")
             status, gallery = gr.Markdown(), gr.Gallery(columns=2, height="auto")
 
-            def complete(name, img, text, s):
-                r = lookup(name).complete(img, text, seed=s)
-                return r.summary, _gallery(r)
-
-            go.click(guarded(complete), [model, image, prompt, seed], [status, gallery])
+            go.click(
+                shown(lambda m, img, text, s: m.complete(img, text, seed=s)),
+                [model, image, prompt, seed],
+                [status, gallery],
+            )
 
     if names := [n for n in having("optimise") if not models[n].text_to_image]:
         with gr.Tab("Style transfer"):
@@ -666,12 +668,10 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
             go = gr.Button("Optimise", variant="primary")
             status, gallery = gr.Markdown(), gr.Gallery(columns=3, height="auto")
 
-            def stylize_pair(name, c, st, n, px):
-                r = lookup(name).stylize_pair(c, st, iterations=n, size=px)
-                return r.summary, _gallery(r)
-
             go.click(
-                guarded(stylize_pair), [model, content, style, iterations, size], [status, gallery]
+                shown(lambda m, c, st, n, px: m.stylize_pair(c, st, iterations=n, size=px)),
+                [model, content, style, iterations, size],
+                [status, gallery],
             )
 
     if names := having("stylize_image"):
@@ -681,11 +681,7 @@ def _family_tabs(gr, models: dict[str, DemoModel], lookup) -> None:
             go = gr.Button("Stylize", variant="primary")
             status, gallery = gr.Markdown(), gr.Gallery(columns=1, height="auto")
 
-            def stylize(name, img):
-                r = lookup(name).stylize(img)
-                return r.summary, _gallery(r)
-
-            go.click(guarded(stylize), [model, image], [status, gallery])
+            go.click(shown(lambda m, img: m.stylize(img)), [model, image], [status, gallery])
 
 
 def serve(models: dict[str, DemoModel], host: str = "127.0.0.1", port: int = 7860, **launch):

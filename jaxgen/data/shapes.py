@@ -553,14 +553,9 @@ _SIZE_OF_WORD = {w: size for size, words in _SIZE_WORDS.items() for w in words}
 
 
 def _find_relation(text: str, phrases: dict[str, tuple[str, ...]]) -> str | None:
-    """The one relation whose phrasing occurs in ``text`` (the longest phrasing wins, so "to
-    the left of" is not also read as "left of"); None when none or two different ones do."""
-    found = {
-        rel
-        for rel, words in phrases.items()
-        for w in sorted(words, key=len, reverse=True)
-        if re.search(rf"\b{w}\b", text)
-    }
+    """The one relation some phrasing of which occurs in ``text`` ("to the left of" holds
+    "left of": both are "left of"); None when none or two different ones do."""
+    found = {rel for rel, words in phrases.items() for w in words if re.search(rf"\b{w}\b", text)}
     return found.pop() if len(found) == 1 else None
 
 
